@@ -1,0 +1,1 @@
+"""Scene loaders: plain arguments in, a :class:`datasets.scene.Scene` out."""

@@ -1,0 +1,147 @@
+"""Ray sampling: packed samples marched through an occupancy grid inside the bounding sphere."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.rays import RayBundle, intersect_sphere
+
+
+@dataclass
+class RaySamples:
+    """Packed samples, sorted by ray. ray_indices, t_starts, t_ends: (S,)."""
+
+    ray_indices: torch.Tensor
+    t_starts: torch.Tensor
+    t_ends: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.ray_indices.shape[0])
+
+    @property
+    def t_mids(self) -> torch.Tensor:
+        return 0.5 * (self.t_starts + self.t_ends)
+
+    def points(self, rays: RayBundle) -> torch.Tensor:
+        """(S, 3) sample positions."""
+        return rays.origins[self.ray_indices] + rays.directions[self.ray_indices] * self.t_mids[:, None]
+
+
+class OccupancyGrid(nn.Module):
+    """A binary occupancy grid over [-radius, radius]^3, used to skip empty space.
+
+    Cells are updated from a callable giving per-point occupancy in [0, 1] (for NeuS: the opacity of
+    one marching step at that point); the running value is max(decay * old, new) and a cell is
+    occupied above ``threshold`` (as in Instant-NGP / nerfacc). An optional visual hull, carved from
+    object masks, bounds the occupied cells for the whole run. Everything is a buffer, so the grid
+    is saved in checkpoints.
+    """
+
+    def __init__(self, resolution: int = 64, radius: float = 1.0, threshold: float = 0.01, decay: float = 0.95) -> None:
+        super().__init__()
+        self.resolution, self.radius, self.threshold, self.decay = resolution, radius, threshold, decay
+        r = resolution
+        self.register_buffer("values", torch.ones(r, r, r))
+        self.register_buffer("occupied", torch.ones(r, r, r, dtype=torch.bool))
+        self.register_buffer("hull", torch.ones(r, r, r, dtype=torch.bool))
+        idx = torch.stack(torch.meshgrid(*[torch.arange(r)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        self.register_buffer("cell_index", idx, persistent=False)
+
+    @property
+    def cell_size(self) -> float:
+        return 2.0 * self.radius / self.resolution
+
+    def cell_centers(self) -> torch.Tensor:
+        """(R^3, 3) cell centres in ``cell_index`` order."""
+        return (self.cell_index + 0.5) * self.cell_size - self.radius
+
+    def lookup(self, points: torch.Tensor) -> torch.Tensor:
+        """(P, 3) -> (P,) bool occupancy (points outside the grid are empty)."""
+        idx = ((points + self.radius) / self.cell_size).floor().long()
+        inside = ((idx >= 0) & (idx < self.resolution)).all(-1)
+        idx = idx.clamp(0, self.resolution - 1)
+        return self.occupied[idx[:, 0], idx[:, 1], idx[:, 2]] & inside
+
+    @torch.no_grad()
+    def update(self, occupancy_fn: Callable[[torch.Tensor], torch.Tensor], fraction: float = 1.0, chunk: int = 131072) -> None:
+        """Re-evaluate cells at jittered points with ``occupancy_fn`` (P, 3) -> (P,) in [0, 1].
+
+        ``fraction`` < 1 re-evaluates that share of random cells plus every occupied one (as
+        nerfacc does after its warm-up); the others only decay.
+        """
+        flat = self.values.view(-1)
+        if fraction >= 1.0:
+            cells = torch.arange(flat.numel(), device=flat.device)
+        else:
+            hull = self.hull.view(-1).nonzero()[:, 0]
+            random = hull[torch.randperm(len(hull), device=flat.device)[: int(fraction * len(hull))]]
+            cells = torch.cat([random, self.occupied.view(-1).nonzero()[:, 0]]).unique()
+        pts = (self.cell_index[cells] + torch.rand(len(cells), 3, device=flat.device)) * self.cell_size - self.radius
+        new = torch.cat([occupancy_fn(p) for p in pts.split(chunk)]) if len(pts) else flat[:0]
+        decayed = flat * self.decay
+        decayed[cells] = torch.maximum(decayed[cells], new)
+        flat.copy_(decayed)
+        self.occupied.copy_((self.values > self.threshold) & self.hull)
+
+    @torch.no_grad()
+    def carve_visual_hull(self, intrinsics: torch.Tensor, c2w: torch.Tensor, masks: torch.Tensor,
+                          dilation: int = 4, tolerance: int = 0) -> None:
+        """Keep only cells that project inside the (dilated) mask of every view that sees them.
+
+        Space carving from silhouettes (Laurentini, PAMI 1994), used to bound samples from the
+        first step as Jittor-Instant-NeuS does. The dilation grows by each view's projected cell
+        radius so a cell touching the object is never carved. ``tolerance`` views may disagree.
+
+        Args:
+            intrinsics: (N, 3, 3); c2w: (N, 4, 4); masks: (N, H, W) in [0, 1].
+        """
+        centers = self.cell_centers()
+        half_diag = 0.5 * math.sqrt(3.0) * self.cell_size
+        outside_count = torch.zeros(centers.shape[0], dtype=torch.int64, device=centers.device)
+        h, w = masks.shape[-2:]
+        for k in range(masks.shape[0]):
+            w2c = torch.linalg.inv(c2w[k])
+            cam = centers @ w2c[:3, :3].T + w2c[:3, 3]
+            z = cam[:, 2]
+            front = z > 1e-6
+            uv = cam[:, :2] / z.clamp_min(1e-6)[:, None] * intrinsics[k].diagonal()[:2] + intrinsics[k][:2, 2]
+            px = uv.floor().long()
+            in_image = front & (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
+            min_depth = z[front].min().clamp_min(1e-3) if front.any() else torch.tensor(1.0, device=z.device)
+            radius_px = int(math.ceil(float(intrinsics[k][0, 0]) * half_diag / float(min_depth))) + dilation
+            grown = F.max_pool2d(masks[k][None, None].float(), 2 * radius_px + 1, stride=1, padding=radius_px)[0, 0] > 0.5
+            pxc = px.clamp(min=0)
+            pxc[:, 0].clamp_(max=w - 1)
+            pxc[:, 1].clamp_(max=h - 1)
+            outside = in_image & ~grown[pxc[:, 1], pxc[:, 0]]
+            outside_count += outside.long()
+        self.hull.copy_((outside_count <= tolerance).reshape(self.hull.shape))
+        self.occupied &= self.hull
+
+    def sample(self, rays: RayBundle, step_size: float, stratified: bool = True, max_steps: int | None = None) -> RaySamples:
+        """March each ray through the bounding sphere with a fixed step, keeping occupied samples.
+
+        Returns packed samples sorted by ray; rays that miss the sphere or occupied space get none.
+        """
+        near, far, hit = intersect_sphere(rays.origins, rays.directions, self.radius)
+        near = torch.where(hit, near, torch.zeros_like(near))
+        far = torch.where(hit, far, torch.zeros_like(far))
+        n_steps = max(1, int(math.ceil(float((far - near).max()) / step_size))) if len(rays) else 1
+        if max_steps is not None:
+            n_steps = min(n_steps, max_steps)
+        k = torch.arange(n_steps, device=near.device, dtype=near.dtype)
+        t0 = near[:, None] + k[None, :] * step_size
+        if stratified:
+            t0 = t0 + torch.rand_like(near)[:, None] * step_size
+        t1 = t0 + step_size
+        mids = 0.5 * (t0 + t1)
+        valid = mids < far[:, None]
+        pts = rays.origins[:, None, :] + rays.directions[:, None, :] * mids[..., None]
+        valid &= self.lookup(pts.reshape(-1, 3)).reshape(valid.shape)
+        ray_idx, step_idx = valid.nonzero(as_tuple=True)
+        return RaySamples(ray_idx, t0[ray_idx, step_idx], t1[ray_idx, step_idx])

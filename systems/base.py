@@ -1,0 +1,244 @@
+"""What every reconstruction system shares: data on the device, ray sampling, optimisation,
+held-out rendering and metrics, mesh export. Subclasses implement ``training_step`` and
+``render_rays``; models expose ``update_step(epoch, step)`` hooks that are walked every step."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from datasets.errors import InputError
+from datasets.scene import Scene
+from models.mesh import extract_mesh, largest_component
+from models.metrics import psnr, silhouette_iou
+from models.rays import RayBundle, image_rays, pixel_rays
+from systems.mesh_io import save_mesh
+
+BACKGROUNDS = ("black", "white", "random", "learned")
+
+
+class _Steps(IterableDataset):
+    """An endless stream of step tokens: rays are sampled on the device inside the step."""
+
+    def __iter__(self):
+        while True:
+            yield 0
+
+
+class BaseSystem(pl.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        cameras: nn.Module,
+        scene: Scene,
+        name: str = "",
+        background: str = "black",
+        optim: dict | None = None,
+        render_chunk: int = 4096,
+        eval_downscale: int = 1,
+        run_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if background not in BACKGROUNDS:
+            raise InputError("system.background", f"unknown value {background!r}; choose one of {', '.join(BACKGROUNDS)}")
+        self.model, self.cameras, self.scene = model, cameras, scene
+        self.name, self.background_mode = name, background
+        self.optim = {"lr": 0.01, "warmup_steps": 200, "final_lr_ratio": 0.1, "decay_steps": None, "eps": 1e-15, **(optim or {})}
+        self.render_chunk, self.eval_downscale = render_chunk, eval_downscale
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.learned_background = nn.Parameter(torch.zeros(3)) if background == "learned" else None
+        self.test_metrics: list[dict[str, float]] = []
+        self.register_buffer("train_ids", torch.tensor(scene.train_ids), persistent=False)
+
+    # ----------------------------------------------------------------- data
+    def _scene_to_device(self) -> None:
+        if self.scene.images.device != self.device:
+            self.scene.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._scene_to_device()
+
+    def on_test_start(self) -> None:
+        self._scene_to_device()
+
+    def on_validation_start(self) -> None:
+        self._scene_to_device()
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Steps(), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.scene.test_ids[:1] or [0], batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.scene.test_ids, batch_size=None)
+
+    def background(self, n: int) -> torch.Tensor:
+        """Background colour for n rays, (n, 3) or (3,)."""
+        if self.background_mode == "random" and self.training:
+            return torch.rand(n, 3, device=self.device)
+        if self.background_mode == "learned":
+            return torch.sigmoid(self.learned_background)
+        value = 1.0 if self.background_mode == "white" else 0.0
+        return torch.full((3,), value, device=self.device)
+
+    def sample_rays(self, n: int) -> tuple[RayBundle, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """n random training pixels: rays, target colour (n, 3) over the background, mask (n,) or None, view ids (n,)."""
+        h, w = self.scene.hw
+        views = self.train_ids[torch.randint(len(self.train_ids), (n,), device=self.device)]
+        px = torch.randint(w, (n,), device=self.device)
+        py = torch.randint(h, (n,), device=self.device)
+        intrinsics, c2w = self.cameras(views)
+        rays = pixel_rays(intrinsics, c2w, px.float() + 0.5, py.float() + 0.5)
+        rgb = self.scene.images[views, py, px]
+        mask = None if self.scene.masks is None else self.scene.masks[views, py, px]
+        bg = self.background(n)
+        if mask is not None:
+            rgb = rgb * mask[:, None] + bg * (1.0 - mask[:, None])
+        return rays, rgb, mask, bg
+
+    # ----------------------------------------------------------- optimisation
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups with their learning rates; subclasses refine this."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": self.optim["lr"], "name": "all"}]
+
+    def configure_optimizers(self):
+        groups = [g for g in self.param_groups() if g["params"]]
+        optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=self.optim["eps"])
+        warmup = int(self.optim["warmup_steps"])
+        horizon = self.optim["decay_steps"] or max(self.trainer.max_steps, warmup + 1)
+        ratio = float(self.optim["final_lr_ratio"])
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return ratio ** (min(step - warmup, horizon - warmup) / max(horizon - warmup, 1))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        for module in self.modules():
+            if module is not self and hasattr(module, "update_step"):
+                module.update_step(self.current_epoch, self.global_step)
+
+    # ------------------------------------------------------------- rendering
+    def render_rays(self, rays: RayBundle, background: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Evaluation rendering of rays: rgb (R, 3), opacity (R,), depth (R,), normal (R, 3)."""
+        raise NotImplementedError
+
+    def render_view(self, view: int) -> dict[str, torch.Tensor]:
+        """Render held-out view ``view`` at 1/eval_downscale resolution: rgb, normal (H, W, 3), opacity, depth (H, W)."""
+        h, w = self.scene.hw
+        s = self.eval_downscale
+        hh, ww = h // s, w // s
+        intrinsics, c2w = self.cameras(torch.tensor([view], device=self.device))
+        k = intrinsics[0].clone()
+        k[:2] /= s
+        rays = image_rays(k, c2w[0], hh, ww)
+        bg = self.background(len(rays))
+        chunks = [self.render_rays(RayBundle(o, d), bg) for o, d in zip(rays.origins.split(self.render_chunk), rays.directions.split(self.render_chunk))]
+        out = {key: torch.cat([c[key].detach() for c in chunks]) for key in ("rgb", "opacity", "depth", "normal")}
+        return {key: v.reshape(hh, ww, -1).squeeze(-1) for key, v in out.items()}
+
+    def view_targets(self, view: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Ground-truth image (H', W', 3) and mask (H', W') of a view at the evaluation resolution."""
+        s = self.eval_downscale
+        img = self.scene.images[view]
+        mask = self.scene.masks[view] if self.scene.masks is not None else None
+        if s > 1:
+            img = F.avg_pool2d(img.permute(2, 0, 1)[None], s)[0].permute(1, 2, 0)
+            mask = None if mask is None else F.avg_pool2d(mask[None, None], s)[0, 0]
+        return img, mask
+
+    def evaluate_view(self, view: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """Render a held-out view; masked PSNR and silhouette IoU against its image and mask."""
+        with torch.no_grad():
+            out = self.render_view(view)
+        img, mask = self.view_targets(view)
+        metrics = {"psnr": psnr(out["rgb"], img, mask > 0.5 if mask is not None else None)}
+        if mask is not None:
+            metrics["iou"] = silhouette_iou(out["opacity"], mask > 0.5)
+        return metrics, out
+
+    def validation_step(self, view: int, batch_idx: int) -> None:
+        metrics, out = self.evaluate_view(int(view))
+        for key, value in metrics.items():
+            self.log(f"val/{key}", value, batch_size=1)
+        if self.logger is not None and hasattr(self.logger.experiment, "add_image"):
+            for key, image in visualise(out).items():
+                self.logger.experiment.add_image(f"val/{key}", image, self.global_step, dataformats="HWC" if image.ndim == 3 else "HW")
+
+    def test_step(self, view: int, batch_idx: int) -> None:
+        view = int(view)
+        metrics, out = self.evaluate_view(view)
+        self.test_metrics.append(metrics)
+        if self.run_dir is not None:
+            render_dir = self.run_dir / "renders"
+            render_dir.mkdir(parents=True, exist_ok=True)
+            for key, image in visualise(out).items():
+                iio.imwrite(render_dir / f"view{view:03d}_{key}.png", image)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics = []
+
+    # ----------------------------------------------------------------- meshes
+    def sdf(self, x: torch.Tensor) -> torch.Tensor:
+        """SDF in the normalised frame, (P, 3) -> (P,)."""
+        raise NotImplementedError
+
+    def vertex_colors(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Colours (V, 3) in [0, 1] for vertices (V, 3) seen head-on."""
+        raise NotImplementedError
+
+    def to_world(self, points: np.ndarray) -> np.ndarray:
+        """Normalised (P, 3) -> the dataset's original world frame (through scale_mat)."""
+        m = self.scene.scale_mat
+        return points @ m[:3, :3].T + m[:3, 3]
+
+    def export_mesh(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Extract the zero level set and write it (world frame) to ``path``; returns world (vertices, faces)."""
+        vertices, faces = extract_mesh(self.sdf, resolution, device=self.device, chunk=self.render_chunk * 16)
+        if keep_largest and len(faces):
+            vertices, faces = largest_component(vertices, faces)
+        rgb = None
+        if colors and len(vertices):
+            v = torch.from_numpy(vertices).float().to(self.device)
+            rgb = torch.cat([self.vertex_colors(c) for c in v.split(self.render_chunk * 4)]).cpu().numpy()
+        world = self.to_world(vertices.astype(np.float64)).astype(np.float32)
+        save_mesh(path, world, faces, rgb)
+        return world, faces
+
+
+def visualise(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """uint8 images of a rendered view: rgb, normal (mapped from [-1, 1]) and depth (normalised over the object)."""
+    rgb = (out["rgb"].clamp(0, 1) * 255).byte().cpu().numpy()
+    normal = ((out["normal"] * 0.5 + 0.5).clamp(0, 1) * 255).byte().cpu().numpy()
+    depth, opacity = out["depth"], out["opacity"]
+    fg = opacity > 0.5
+    if fg.any():
+        d = depth / opacity.clamp_min(1e-6)
+        lo, hi = d[fg].min(), d[fg].max()
+        d = ((d - lo) / (hi - lo + 1e-8)).clamp(0, 1) * fg
+    else:
+        d = torch.zeros_like(depth)
+    return {"rgb": rgb, "normal": normal, "depth": (d * 255).byte().cpu().numpy()}
+
+
+def log_scalars(module: pl.LightningModule, values: dict[str, float | torch.Tensor], prog_bar: tuple[str, ...] = ()) -> None:
+    """Log training scalars under ``train/``."""
+    for key, value in values.items():
+        module.log(f"train/{key}", value, prog_bar=key in prog_bar, batch_size=1)
+
+
+def finite(value: float) -> float | None:
+    """A float for JSON, or None for NaN/inf."""
+    return value if math.isfinite(value) else None

@@ -1,0 +1,97 @@
+"""Callbacks shared by the systems: atomic checkpoints, mesh export and evaluation."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from models.metrics import chamfer_distance, visible_in_masks
+from systems.mesh_io import load_reference
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it, so a killed run never leaves a
+    truncated ``last.ckpt`` behind."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically write ``data`` as JSON."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class MeshExport(pl.Callback):
+    """Extracts the final mesh (world frame) when testing ends."""
+
+    def __init__(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True) -> None:
+        self.path, self.resolution, self.keep_largest, self.colors = Path(path), resolution, keep_largest, colors
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.export_mesh(self.path, self.resolution, self.keep_largest, self.colors)
+
+
+class Evaluation(pl.Callback):
+    """Aggregates held-out PSNR / IoU, computes the Chamfer distance of the exported mesh against the
+    scene's ground truth (prediction culled to the dilated masks), and writes ``metrics.json``."""
+
+    def __init__(self, run_dir: str | Path, mesh_path: str | Path, chamfer_points: int = 200_000,
+                 max_dist: float = 20.0, mask_dilation: int = 12, extra: dict[str, Any] | None = None) -> None:
+        self.run_dir, self.mesh_path = Path(run_dir), Path(mesh_path)
+        self.chamfer_points, self.max_dist, self.mask_dilation = chamfer_points, max_dist, mask_dilation
+        self.extra = extra or {}
+        self.metrics: dict[str, Any] = {}
+
+    def chamfer(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        scene = pl_module.scene
+        if scene.gt_path is None or not self.mesh_path.exists():
+            return {}
+        pred_v, pred_f = load_reference(self.mesh_path)
+        gt_v, gt_f = load_reference(scene.gt_path)
+        inv = np.linalg.inv(scene.scale_mat)
+        masks = scene.masks
+
+        def keep(points: np.ndarray) -> np.ndarray:
+            if masks is None:
+                return np.ones(len(points), dtype=bool)
+            normalised = points @ inv[:3, :3].T + inv[:3, 3]
+            return visible_in_masks(normalised, scene.intrinsics.cpu().numpy(), scene.c2w.cpu().numpy(),
+                                    masks.cpu().numpy() > 0.5, self.mask_dilation)
+
+        if pred_f is None or len(pred_f) == 0:
+            return {"chamfer": self.max_dist, "accuracy": self.max_dist, "completeness": self.max_dist}
+        return chamfer_distance(pred_v, pred_f, gt_v, gt_f, n_points=self.chamfer_points, max_dist=self.max_dist, pred_keep=keep)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        views = pl_module.test_metrics
+        metrics: dict[str, Any] = {"step": int(trainer.global_step), **self.extra}
+        for key in ("psnr", "iou"):
+            values = [m[key] for m in views if key in m]
+            if values:
+                metrics[key] = float(np.mean(values))
+        metrics["n_test_views"] = len(views)
+        metrics["eval_downscale"] = int(pl_module.eval_downscale)
+        metrics.update(self.chamfer(pl_module))
+        if self.mesh_path.exists():
+            metrics["mesh"] = str(self.mesh_path)
+        path = self.run_dir / "metrics.json"
+        if path.exists():
+            metrics = {**json.loads(path.read_text()), **metrics}
+        write_json(path, metrics)
+        if trainer.logger is not None:
+            scalars = {f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+            trainer.logger.log_metrics(scalars, step=int(trainer.global_step))
+        self.metrics = metrics

@@ -1,0 +1,107 @@
+"""NeuS system: volume rendering of an SDF trained with colour, eikonal and mask losses."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from models.neus import NeuSModel
+from models.rays import RayBundle
+from systems.base import BaseSystem, log_scalars
+from systems.schedules import scheduled
+
+
+class NeuSSystem(BaseSystem):
+    """Trains a :class:`NeuSModel`.
+
+    Losses (each weight a constant or a schedule, see ``systems.schedules``): ``rgb_l1``,
+    ``rgb_mse``, ``eikonal`` (on ray samples and ``eikonal_points`` uniform points in the bounding
+    cube), ``mask`` (BCE of the opacity, used when the scene has masks).
+
+    The number of rays per step adapts so that the samples per step stay near
+    ``rays.target_samples`` (instant-nsr-pl's dynamic batch size).
+    """
+
+    model: NeuSModel
+
+    def __init__(self, model: NeuSModel, *args: Any, loss: dict | None = None, rays: dict | None = None,
+                 cos_anneal_steps: int = 0, visual_hull: dict | None = None, **kwargs: Any) -> None:
+        super().__init__(model, *args, **kwargs)
+        self.loss_cfg = {"rgb_l1": 1.0, "rgb_mse": 0.0, "eikonal": 0.1, "mask": 0.1, "eikonal_points": 1024, **(loss or {})}
+        self.rays_cfg = {"initial": 512, "min": 64, "max": 8192, "target_samples": 65536, **(rays or {})}
+        self.hull_cfg = {"enabled": True, "dilation": 4, "tolerance": 0, **(visual_hull or {})}
+        self.cos_anneal_steps = cos_anneal_steps
+        self.n_rays = float(self.rays_cfg["initial"])
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        o = self.optim
+        geometry = self.model.geometry
+        encoder_ids = {id(p) for p in geometry.encoder.parameters()}
+        groups = [
+            {"name": "encoder", "params": list(geometry.encoder.parameters()), "lr": o.get("lr_encoder", o["lr"])},
+            {"name": "geometry", "params": [p for p in geometry.parameters() if id(p) not in encoder_ids], "lr": o.get("lr_geometry", o["lr"])},
+            {"name": "texture", "params": list(self.model.texture.parameters()), "lr": o.get("lr_texture", o["lr"])},
+            {"name": "variance", "params": list(self.model.variance.parameters()), "lr": o.get("lr_variance", 1e-3)},
+        ]
+        extra = [p for n, p in self.named_parameters() if not n.startswith("model.")]
+        groups.append({"name": "other", "params": extra, "lr": o.get("lr_camera", o["lr"])})
+        return groups
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.hull_cfg["enabled"] and self.scene.masks is not None and self.global_step == 0:
+            ids = self.train_ids
+            intrinsics, c2w = self.cameras(ids)
+            self.model.grid.carve_visual_hull(intrinsics, c2w, self.scene.masks[ids], int(self.hull_cfg["dilation"]), int(self.hull_cfg["tolerance"]))
+
+    def cos_anneal_ratio(self) -> float:
+        return 1.0 if self.cos_anneal_steps <= 0 else min(1.0, self.global_step / self.cos_anneal_steps)
+
+    def render_rays(self, rays: RayBundle, background: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.render(rays, background, self.cos_anneal_ratio(), stratified=False, create_graph=False)
+
+    def sdf(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.geometry.sdf(x)
+
+    def vertex_colors(self, vertices: torch.Tensor) -> torch.Tensor:
+        _, feature, grad = self.model.geometry.forward_with_gradient(vertices, create_graph=False)
+        normals = F.normalize(grad, dim=-1)
+        with torch.no_grad():
+            return self.model.texture(vertices, normals, -normals, feature)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        step = self.global_step
+        n = int(self.n_rays)
+        rays, target, mask, bg = self.sample_rays(n)
+        out = self.model.render(rays, bg, self.cos_anneal_ratio(), stratified=True, create_graph=True)
+        w = {k: scheduled(v, step) for k, v in self.loss_cfg.items() if k != "eikonal_points"}
+        losses = {}
+        if w["rgb_l1"] > 0:
+            losses["rgb_l1"] = F.l1_loss(out["rgb"], target)
+        if w["rgb_mse"] > 0:
+            losses["rgb_mse"] = F.mse_loss(out["rgb"], target)
+        if w["eikonal"] > 0:
+            m = int(self.loss_cfg["eikonal_points"])
+            pts = torch.rand(m, 3, device=self.device) * 2 - 1
+            _, _, grad_uniform = self.model.geometry.forward_with_gradient(pts, create_graph=True)
+            grads = torch.cat([out["sample_grad"], grad_uniform])
+            losses["eikonal"] = ((grads.norm(dim=-1) - 1.0) ** 2).mean()
+        if mask is not None and w["mask"] > 0:
+            losses["mask"] = F.binary_cross_entropy(out["opacity"].clamp(1e-3, 1 - 1e-3), mask)
+        total = sum(w[k] * v for k, v in losses.items())
+
+        n_samples = int(out["n_samples"])
+        wanted = n * self.rays_cfg["target_samples"] / max(n_samples, 1)
+        self.n_rays = min(max(0.9 * self.n_rays + 0.1 * wanted, self.rays_cfg["min"]), self.rays_cfg["max"])
+        with torch.no_grad():
+            train_psnr = -10.0 * torch.log10(F.mse_loss(out["rgb"], target))
+        log_scalars(self, {**losses, "loss": total, "psnr": train_psnr, "inv_s": self.model.inv_s(),
+                           "rays": float(n), "samples": float(n_samples)}, prog_bar=("loss", "psnr"))
+        return total
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["n_rays"] = self.n_rays
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.n_rays = float(checkpoint.get("n_rays", self.n_rays))

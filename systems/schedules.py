@@ -1,0 +1,18 @@
+"""Scalar schedules for loss weights and other hyper-parameters."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+def scheduled(spec: float | Mapping, step: int) -> float:
+    """Value of ``spec`` at ``step``: a constant, or a mapping
+    ``{start: a, end: b, start_step: s0, end_step: s1, kind: linear|exp}`` that holds ``a`` before
+    s0, ``b`` after s1 and interpolates in between (geometrically for ``exp``)."""
+    if not isinstance(spec, Mapping):
+        return float(spec)
+    a, b = float(spec["start"]), float(spec["end"])
+    s0, s1 = int(spec.get("start_step", 0)), int(spec["end_step"])
+    p = min(max((step - s0) / max(s1 - s0, 1), 0.0), 1.0)
+    if spec.get("kind", "linear") == "exp":
+        return a * (b / a) ** p
+    return a + (b - a) * p
