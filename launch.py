@@ -17,7 +17,7 @@ import hydra
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from datasets.errors import InputError
@@ -26,6 +26,7 @@ MODES = ("train", "test", "eval", "export")
 # Keys of a dataset config that describe it rather than being loader arguments.
 DATASET_META = ("name", "scene", "background")
 RESULT_NAMES = ("checkpoints", "meshes", "metrics.json", "renders")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def _arg(argv: list[str], key: str) -> str | None:
@@ -48,6 +49,19 @@ def find_checkpoint(path: str) -> tuple[Path, Path]:
     return p, ckpt
 
 
+def check_group_choices(args: list[str]) -> None:
+    """Refuse ``group=option`` overrides naming no config file, in one line (before Hydra's longer report)."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        group = CONFIG_DIR / key.lstrip("+~")
+        if not value or not group.is_dir():
+            continue
+        choices = sorted(p.stem for p in group.glob("*.yaml"))
+        for option in value.split(","):
+            if option not in choices:
+                raise InputError(group / f"{option}.yaml", f"unknown {key} {option!r}; choose one of {', '.join(choices)}")
+
+
 def prepare_argv(argv: list[str]) -> list[str]:
     """Rewrite the command line before Hydra sees it.
 
@@ -56,6 +70,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
     results is refused, so no run is ever overwritten.
     """
     args = argv[1:]
+    check_group_choices(args)
     resume = _arg(args, "resume")
     if resume and resume != "null" and "-m" not in args and "--multirun" not in args:
         run_dir, _ = find_checkpoint(resume)
@@ -74,7 +89,8 @@ def prepare_argv(argv: list[str]) -> list[str]:
 def load_scene(cfg: DictConfig):
     """Instantiate the dataset loader from ``cfg.dataset`` (meta keys stripped)."""
     loader = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in DATASET_META}
-    return instantiate(loader)
+    # Called directly rather than through instantiate, which would wrap our InputError.
+    return get_method(loader.pop("_target_"))(**loader)
 
 
 def default_resolution(cfg: DictConfig) -> int:
@@ -137,6 +153,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         evaluation.extra = {"train_time_s": round(time.time() - started, 1)}
         trainer.test(system, verbose=False)
     else:
+        # Lightning restores only the weights for testing: report the checkpoint's own step.
+        evaluation.extra = {"step": int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])}
         trainer.test(system, ckpt_path=str(ckpt), verbose=False)
     return evaluation.metrics
 
@@ -159,7 +177,7 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    fresh = cfg.mode == "train" and not cfg.resume
+    fresh = not cfg.resume
     try:
         metrics = run(cfg, run_dir)
     except InputError as err:

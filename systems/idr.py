@@ -1,0 +1,87 @@
+"""IDR system: surface rendering of an SDF trained with colour, mask and eikonal losses (Yariv et al.,
+"Multiview Neural Surface Reconstruction by Disentangling Geometry and Appearance", NeurIPS 2020)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from models.idr import IDRModel, mask_loss
+from models.rays import RayBundle
+from systems.base import BaseSystem, log_scalars
+from systems.schedules import scheduled
+
+
+class IDRSystem(BaseSystem):
+    """Trains an :class:`IDRModel` on ``n_rays`` random pixels per step.
+
+    Losses (IDR eq. 7; each weight a constant or a schedule, see ``systems.schedules``):
+    ``rgb`` (L1 on rays that hit the surface inside the mask, summed and divided by the number of
+    rays), ``mask`` ((1/a) BCE-with-logits of -a s* on the other rays, s* their minimal SDF; the
+    sharpness a starts at ``alpha_init`` and is multiplied by ``alpha_factor`` at each step of
+    ``alpha_milestones``; only with scene masks) and ``eikonal`` (on the traced points and
+    ``eikonal_points`` uniform points in the bounding cube). Without masks every ray is in the mask.
+    """
+
+    model: IDRModel
+
+    def __init__(self, model: IDRModel, *args: Any, n_rays: int = 1024, loss: dict | None = None, **kwargs: Any) -> None:
+        super().__init__(model, *args, **kwargs)
+        self.n_rays = int(n_rays)
+        self.loss_cfg = {"rgb": 1.0, "mask": 100.0, "eikonal": 0.1, "eikonal_points": 512, "alpha_init": 50.0,
+                         "alpha_factor": 2.0, "alpha_milestones": [], **(loss or {})}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        o = self.optim
+        geometry = self.model.geometry
+        encoder_ids = {id(p) for p in geometry.encoder.parameters()}
+        extra = [p for n, p in self.named_parameters() if not n.startswith("model.")]
+        return [
+            {"name": "encoder", "params": list(geometry.encoder.parameters()), "lr": o.get("lr_encoder", o["lr"])},
+            {"name": "geometry", "params": [p for p in geometry.parameters() if id(p) not in encoder_ids], "lr": o.get("lr_geometry", o["lr"])},
+            {"name": "texture", "params": list(self.model.texture.parameters()), "lr": o.get("lr_texture", o["lr"])},
+            {"name": "other", "params": extra, "lr": o.get("lr_camera", o["lr"])},
+        ]
+
+    def alpha(self, step: int) -> float:
+        """Sharpness of the mask loss's sigmoid at ``step``."""
+        passed = sum(step >= int(m) for m in self.loss_cfg["alpha_milestones"])
+        return float(self.loss_cfg["alpha_init"]) * float(self.loss_cfg["alpha_factor"]) ** passed
+
+    def render_rays(self, rays: RayBundle, background: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.render(rays, None, background, create_graph=False)
+
+    def sdf(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.geometry.sdf(x)
+
+    def vertex_colors(self, vertices: torch.Tensor) -> torch.Tensor:
+        _, feature, grad = self.model.geometry.forward_with_gradient(vertices, create_graph=False)
+        normals = F.normalize(grad, dim=-1)
+        with torch.no_grad():
+            return self.model.texture(vertices, normals, -normals, feature)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        step = self.global_step
+        n = self.n_rays
+        rays, target, mask, bg = self.sample_rays(n)
+        in_mask = mask > 0.5 if mask is not None else None
+        out = self.model.render(rays, in_mask, bg, create_graph=True)
+        hit = out["hit"]
+        w = {k: scheduled(self.loss_cfg[k], step) for k in ("rgb", "mask", "eikonal")}
+        losses = {"rgb": (out["rgb"][hit] - target[hit]).abs().sum() / n}
+        if in_mask is not None and w["mask"] > 0:
+            losses["mask"] = mask_loss(out["min_sdf"], hit, in_mask, self.alpha(step))
+        if w["eikonal"] > 0:
+            m = int(self.loss_cfg["eikonal_points"])
+            pts = torch.rand(m, 3, device=self.device) * 2 - 1
+            _, _, grad_uniform = self.model.geometry.forward_with_gradient(pts, create_graph=True)
+            grads = torch.cat([out["sample_grad"], grad_uniform])
+            losses["eikonal"] = ((grads.norm(dim=-1) - 1.0) ** 2).mean()
+        total = sum(w[k] * v for k, v in losses.items())
+
+        with torch.no_grad():
+            train_psnr = -10.0 * torch.log10(F.mse_loss(out["rgb"][hit], target[hit])) if hit.any() else torch.zeros((), device=self.device)
+        log_scalars(self, {**losses, "loss": total, "psnr": train_psnr, "hit": hit.float().mean(), "alpha": self.alpha(step)},
+                    prog_bar=("loss", "psnr"))
+        return total

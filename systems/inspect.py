@@ -1,0 +1,177 @@
+"""Visual checks of SDF systems: the initial field (slices and a shaded render) and IDR's appearance
+transfer, rendering one run's geometry with another run's rendering network (Yariv et al.,
+"Multiview Neural Surface Reconstruction by Disentangling Geometry and Appearance", NeurIPS 2020, Sec. 4.3).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Callable
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.idr import IDRModel
+from models.ray_tracing import SphereTracer
+from models.rays import RayBundle, image_rays
+from systems.base import BaseSystem
+
+log = logging.getLogger(__name__)
+
+SdfFn = Callable[[torch.Tensor], torch.Tensor]
+BAND = 0.1  # spacing of the iso-distance bands of the slice images
+
+
+def sdf_colormap(values: np.ndarray) -> np.ndarray:
+    """(H, W) SDF values -> (H, W, 3) uint8: blue inside, red outside, iso-bands every BAND, black zero contour."""
+    scale = max(float(np.abs(values).max()), 1e-6)
+    t = np.clip(values / scale, -1.0, 1.0)[..., None]
+    white, red, blue = np.ones(3), np.array([0.85, 0.25, 0.1]), np.array([0.15, 0.35, 0.85])
+    rgb = np.where(t > 0, white + t * (red - white), white - t * (blue - white))
+    rgb *= (0.9 + 0.1 * np.cos(2.0 * math.pi * values / BAND))[..., None]
+    inside = values < 0
+    contour = np.zeros_like(inside)
+    contour[:, :-1] |= inside[:, :-1] != inside[:, 1:]
+    contour[:-1] |= inside[:-1] != inside[1:]
+    rgb[contour] = 0.0
+    return (rgb * 255).round().astype(np.uint8)
+
+
+@torch.no_grad()
+def sdf_slices(sdf_fn: SdfFn, resolution: int, device: torch.device | str = "cpu") -> np.ndarray:
+    """SDF on the x=0, y=0 and z=0 planes of [-1, 1]^3, (3, resolution, resolution); rows run from
+    +1 (top) to -1 along the vertical axis (z, z, y), columns from -1 to +1 (y, x, x)."""
+    axis = torch.linspace(-1.0, 1.0, resolution, device=device)
+    v, u = torch.meshgrid(-axis, axis, indexing="ij")
+    zero = torch.zeros_like(u)
+    planes = [torch.stack(p, -1) for p in ((zero, u, v), (u, zero, v), (u, v, zero))]
+    return np.stack([sdf_fn(p.reshape(-1, 3)).reshape(resolution, resolution).cpu().numpy() for p in planes])
+
+
+def sdf_normals(sdf_fn: SdfFn, x: torch.Tensor) -> torch.Tensor:
+    """Unit SDF gradients (P, 3) at points (P, 3), by autograd."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(sdf_fn(x).sum(), x)
+    return F.normalize(grad, dim=-1)
+
+
+def lambert_render(sdf_fn: SdfFn, intrinsics: torch.Tensor, c2w: torch.Tensor, height: int, width: int,
+                   chunk: int = 4096) -> np.ndarray:
+    """Sphere-traced zero level set, Lambert-shaded with a headlight; (H, W, 3) uint8 on dark grey.
+    intrinsics (3, 3) and c2w (4, 4) at the output resolution."""
+    rays = image_rays(intrinsics, c2w, height, width)
+    tracer = SphereTracer(chunk=chunk * 16)
+    image = torch.full((len(rays), 3), 0.1, device=c2w.device)
+    for i in range(0, len(rays), chunk):
+        o, d = rays.origins[i:i + chunk], rays.directions[i:i + chunk]
+        traced = tracer(sdf_fn, o, d)
+        if traced.hit.any():
+            n = sdf_normals(sdf_fn, traced.points[traced.hit])
+            shade = 0.15 + 0.85 * (n * -d[traced.hit]).sum(-1).clamp_min(0.0)
+            image[i:i + chunk][traced.hit] = shade[:, None] * image.new_tensor([0.9, 0.85, 0.75])
+    return (image.reshape(height, width, 3).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def _scaled_view(system: BaseSystem, view: int, max_side: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Intrinsics (3, 3) and c2w (4, 4) of ``view``, downscaled by an integer so that max(H, W) <= max_side; H, W."""
+    h, w = system.scene.hw
+    s = max(1, math.ceil(max(h, w) / max_side))
+    intrinsics, c2w = system.cameras(torch.tensor([view], device=system.device))
+    k = intrinsics[0].clone()
+    k[:2] /= s
+    return k, c2w[0], h // s, w // s
+
+
+def inspect_init(system: BaseSystem, out_dir: Path, resolution: int = 256) -> list[Path]:
+    """Write ``sdf_slice.png`` (x=0 | y=0 | z=0 slices of the bounding cube, ``resolution`` pixels each)
+    and ``init_render.png`` (the first training view, at most ``resolution`` pixels wide or high) of
+    the system's current SDF. Works for any system with ``sdf``, ``cameras`` and ``scene``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slices = [sdf_colormap(s) for s in sdf_slices(system.sdf, resolution, system.device)]
+    gap = np.full((resolution, 4, 3), 255, np.uint8)
+    slice_path = out_dir / "sdf_slice.png"
+    iio.imwrite(slice_path, np.concatenate([slices[0], gap, slices[1], gap, slices[2]], axis=1))
+    k, c2w, h, w = _scaled_view(system, int(system.scene.train_ids[0]), resolution)
+    render_path = out_dir / "init_render.png"
+    iio.imwrite(render_path, lambert_render(system.sdf, k, c2w, h, w, system.render_chunk))
+    return [slice_path, render_path]
+
+
+def look_at(centre: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """(4, 4) OpenCV camera-to-world at ``centre`` (3,) looking at the origin, ``up`` (3,) pointing up in the image."""
+    forward = -F.normalize(centre, dim=0)
+    right = F.normalize(torch.linalg.cross(forward, up), dim=0)
+    c2w = torch.eye(4, device=centre.device, dtype=centre.dtype)
+    c2w[:3, :3] = torch.stack([right, torch.linalg.cross(forward, right), forward], 1)
+    c2w[:3, 3] = centre
+    return c2w
+
+
+def orbit_path(c2w: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """A smooth camera path (n_frames, 4, 4) around the origin from the cameras (N, 4, 4).
+
+    The path keeps the cameras' mean distance and elevation about their mean up direction. Its
+    azimuth goes once round when the cameras surround the object (no azimuth gap over 180 degrees
+    between them); otherwise it sweeps the covered arc there and back with eased ends.
+    """
+    centres = c2w[:, :3, 3]
+    up = -F.normalize(c2w[:, :3, 1].mean(0), dim=0)  # OpenCV's y axis points down
+    e1 = F.normalize(centres[0] - (centres[0] @ up) * up, dim=0)
+    e2 = torch.linalg.cross(up, e1)
+    radius = centres.norm(dim=-1).mean()
+    elevation = torch.asin((F.normalize(centres, dim=-1) @ up).clamp(-1, 1)).mean()
+    azimuth = torch.sort(torch.atan2(centres @ e2, centres @ e1) % (2 * math.pi)).values
+    gaps = torch.diff(azimuth, append=azimuth[:1] + 2 * math.pi)
+    k = int(gaps.argmax())
+    i = torch.arange(n_frames, device=c2w.device, dtype=c2w.dtype)
+    if gaps[k] <= math.pi:
+        angles = 2 * math.pi * i / n_frames
+    else:
+        start, span = azimuth[(k + 1) % len(azimuth)], 2 * math.pi - gaps[k]
+        angles = start + span * (1 - torch.cos(2 * math.pi * i / n_frames)) / 2
+    dirs = torch.cos(elevation) * (torch.cos(angles)[:, None] * e1 + torch.sin(angles)[:, None] * e2) + torch.sin(elevation) * up
+    return torch.stack([look_at(radius * d, up) for d in dirs])
+
+
+@torch.no_grad()
+def transfer(geometry_system: BaseSystem, appearance_system: BaseSystem, out_dir: Path, n_frames: int = 30,
+             fps: int = 15, resolution: int = 256) -> Path:
+    """Render the geometry of one trained IDR system with the rendering network of another along
+    ``orbit_path`` of the geometry run's cameras (at most ``resolution`` pixels wide or high).
+
+    Writes ``frames/frame_###.png`` and ``transfer.mp4``, or ``transfer.gif`` when imageio has no
+    mp4 writer (imageio-ffmpeg or av not installed); returns the path of the video or GIF.
+    """
+    geometry, texture = geometry_system.model.geometry, appearance_system.model.texture
+    if geometry.feature_dim != appearance_system.model.geometry.feature_dim:
+        raise ValueError(f"feature sizes differ: geometry {geometry.feature_dim}, appearance {appearance_system.model.geometry.feature_dim}")
+    model = IDRModel(geometry, texture, geometry_system.model.tracer)
+    k, _, h, w = _scaled_view(geometry_system, 0, resolution)
+    views = torch.arange(geometry_system.scene.n_views, device=geometry_system.device)
+    path = orbit_path(geometry_system.cameras(views)[1], n_frames)
+    out_dir = Path(out_dir)
+    (out_dir / "frames").mkdir(parents=True, exist_ok=True)
+    bg = geometry_system.background(1)
+    chunk = geometry_system.render_chunk
+    frames = []
+    for i, c2w in enumerate(path):
+        rays = image_rays(k, c2w, h, w)
+        rgb = torch.cat([model.render(RayBundle(o, d), None, bg)["rgb"]
+                         for o, d in zip(rays.origins.split(chunk), rays.directions.split(chunk))])
+        frame = (rgb.reshape(h, w, 3).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        iio.imwrite(out_dir / "frames" / f"frame_{i:03d}.png", frame)
+        frames.append(frame)
+    video = out_dir / "transfer.mp4"
+    try:
+        iio.imwrite(video, np.stack(frames), fps=fps)
+        return video
+    except OSError:
+        gif = out_dir / "transfer.gif"
+        iio.imwrite(gif, np.stack(frames), duration=1000.0 / fps, loop=0)
+        log.warning("imageio cannot write mp4 (install imageio-ffmpeg); wrote %s instead", gif)
+        return gif

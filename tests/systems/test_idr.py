@@ -1,0 +1,148 @@
+"""IDR system: configs, losses, inspection images, appearance transfer and an end-to-end run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from datasets.scene import Scene
+from models.cameras import FixedCameras
+from models.rays import image_rays, intersect_sphere
+from systems.idr import IDRSystem
+from systems.inspect import inspect_init, look_at, orbit_path, transfer
+
+ROOT = Path(__file__).resolve().parents[2]
+H, W = 24, 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small kernels: one thread is faster, and several thrash on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_scene(n_views: int = 3, masks: bool = True) -> Scene:
+    """Views of a sphere of radius 0.4 from a ring of cameras at distance 3 (z up); grey object on black."""
+    focal = 1.2 * W
+    k = torch.tensor([[focal, 0.0, W / 2], [0.0, focal, H / 2], [0.0, 0.0, 1.0]])
+    angles = torch.arange(n_views) * 2 * torch.pi / n_views
+    up = torch.tensor([0.0, 0.0, 1.0])
+    c2w = torch.stack([look_at(torch.stack([3 * a.cos(), 3 * a.sin(), torch.tensor(0.6)]), up) for a in angles])
+    hit = torch.stack([intersect_sphere(r.origins, r.directions, 0.4)[2] for r in (image_rays(k, m, H, W) for m in c2w)])
+    mask = hit.float().reshape(n_views, H, W)
+    return Scene(images=mask[..., None].expand(-1, -1, -1, 3) * 0.6, masks=mask if masks else None,
+                 intrinsics=k.expand(n_views, 3, 3).clone(), c2w=c2w, scale_mat=np.eye(4),
+                 train_ids=list(range(n_views)), test_ids=[], root="", name="toy")
+
+
+def make_system(system: str = "idr", seed: int = 0, masks: bool = True, overrides: tuple[str, ...] = ()):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"system={system}", "encoder=frequency", *overrides])
+    torch.manual_seed(seed)
+    scene = toy_scene(masks=masks)
+    cameras = FixedCameras(scene.intrinsics, scene.c2w)
+    return instantiate(cfg.system, run_dir=None, _convert_="all", _partial_=True)(scene=scene, cameras=cameras)
+
+
+def test_paper_config_builds_the_paper_networks():
+    system = make_system("idr_paper")
+    geometry = system.model.geometry
+    assert len(geometry.layers) == 9 and geometry.skip_layer == 4 and geometry.feature_dim == 256
+    assert geometry.encoder.n_frequencies == 6
+    assert sum(isinstance(m, torch.nn.Linear) for m in system.model.texture.modules()) == 5
+    assert system.n_rays == 2048
+
+
+def test_alpha_schedule():
+    system = make_system()
+    assert [system.alpha(s) for s in (0, 249, 250, 500, 10_000)] == [50.0, 50.0, 100.0, 200.0, 1600.0]
+
+
+@pytest.mark.parametrize("masks", [True, False])
+def test_training_step(masks):
+    system = make_system(masks=masks, overrides=("system.n_rays=256", "system.loss.eikonal_points=64"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log without a trainer
+        loss = system.training_step(None, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    geometry_grad = sum(p.grad.abs().sum() for p in system.model.geometry.parameters() if p.grad is not None)
+    texture_grad = sum(p.grad.abs().sum() for p in system.model.texture.parameters() if p.grad is not None)
+    assert geometry_grad > 0 and texture_grad > 0
+    names = [g["name"] for g in system.param_groups()]
+    assert names == ["encoder", "geometry", "texture", "other"]
+
+
+@pytest.mark.parametrize("system_name", ["idr", "neus"])
+def test_inspect_init_writes_images(tmp_path, system_name):
+    system = make_system(system_name)
+    paths = inspect_init(system, tmp_path, resolution=64)
+    assert [p.name for p in paths] == ["sdf_slice.png", "init_render.png"]
+    slices = iio.imread(paths[0])
+    assert slices.shape == (64, 3 * 64 + 8, 3)
+    z_slice = slices[:, -64:].astype(int)
+    contour = (z_slice.sum(-1) == 0)
+    assert 100 < contour.sum() < 600  # the zero level set of the initial sphere (radius 0.5)
+    rows, cols = np.nonzero(contour)
+    radius = np.hypot(rows - 31.5, cols - 31.5) * 2 / 63
+    assert abs(np.median(radius) - 0.5) < 0.1
+    assert z_slice[32, 32, 2] > z_slice[32, 32, 0] and z_slice[0, 0, 0] > z_slice[0, 0, 2]  # blue inside, red outside
+    render = iio.imread(paths[1])
+    assert render.shape == (H, W, 3)
+    assert render[H // 2, W // 2].mean() > 100 and (render[0, 0] == 26).all()  # lit sphere on dark grey
+
+
+def test_orbit_path_circles_the_cameras():
+    scene = toy_scene(n_views=6)
+    path = orbit_path(scene.c2w, 8)
+    centres = path[:, :3, 3]
+    torch.testing.assert_close(centres.norm(dim=-1), scene.c2w[:, :3, 3].norm(dim=-1).mean().expand(8))
+    torch.testing.assert_close(path[:, :3, 2], -torch.nn.functional.normalize(centres, dim=-1))
+    torch.testing.assert_close(path[:, :3, :3].transpose(1, 2) @ path[:, :3, :3], torch.eye(3).expand(8, 3, 3), atol=1e-5, rtol=0)
+    azimuth = torch.atan2(centres[:, 1], centres[:, 0])
+    assert azimuth.max() - azimuth.min() > 1.5 * torch.pi  # once round
+    arc = orbit_path(scene.c2w[:2], 8)  # two cameras 60 degrees apart: sweep between them
+    arc_azimuth = torch.atan2(arc[:, 1, 3], arc[:, 0, 3])
+    assert arc_azimuth.min() > -0.01 and arc_azimuth.max() < torch.pi / 3 + 0.01
+
+
+def test_transfer_writes_frames_and_video(tmp_path):
+    geometry, appearance = make_system(seed=0), make_system(seed=1)
+    video = transfer(geometry, appearance, tmp_path, n_frames=4, fps=5, resolution=32)
+    assert video.exists() and video.suffix in (".mp4", ".gif")
+    frames = [iio.imread(p) for p in sorted((tmp_path / "frames").glob("*.png"))]
+    assert len(frames) == 4 and frames[0].shape == (H, W, 3)
+    assert frames[0].max() > 50  # the sphere is in view
+    if video.suffix == ".gif":
+        assert len(iio.imread(video, index=None)) == 4
+
+
+def launch(tmp_path: Path, run: str, steps: int) -> dict:
+    args = [sys.executable, "launch.py", "system=idr", "encoder=frequency", "dataset.n_views=8", "dataset.width=64",
+            "dataset.height=48", f"data_dir={tmp_path / 'data'}", f"trainer.max_steps={steps}", "export.resolution=64",
+            "eval.chamfer_points=20000", f"hydra.run.dir={tmp_path / run}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(args, cwd=ROOT, env=env, check=True, capture_output=True, timeout=1200)
+    return json.loads((tmp_path / run / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_end_to_end_training_improves_chamfer(tmp_path):
+    initial = launch(tmp_path, "initial", 1)
+    trained = launch(tmp_path, "trained", 150)
+    assert trained["step"] == 150
+    assert trained["chamfer"] < 0.8 * initial["chamfer"]
+    assert trained["iou"] > initial["iou"]

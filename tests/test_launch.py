@@ -1,0 +1,150 @@
+"""The command line: overrides, run directory contract, resume, modes, bad input, multirun."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "dataset.n_views=8", "dataset.width=64", "dataset.height=48", "dataset.test_every=4",
+    "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.checkpoint_every_n_steps=3",
+    "trainer.log_every_n_steps=1", "export.resolution=32", "eval.chamfer_points=5000",
+    "system.rays.initial=128", "system.rays.target_samples=4096", "system.model.grid.resolution=32",
+]
+
+
+def launch(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "base"
+    result = launch(*TINY, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}", "seed=7", "name=tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def step_of(ckpt: Path) -> int:
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+
+
+def test_run_directory_contract_and_overrides(finished_run):
+    config = (finished_run / ".hydra" / "config.yaml").read_text()
+    assert "max_steps: 6" in config and "seed: 7" in config and "name: tiny" in config
+    assert step_of(finished_run / "checkpoints" / "last.ckpt") == 6
+    assert (finished_run / "checkpoints" / "step000003.ckpt").is_file()
+    assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (finished_run / "meshes" / "final.ply").stat().st_size > 0
+    assert len(list((finished_run / "renders").glob("*_rgb.png"))) == 2
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert metrics["step"] == 6 and metrics["n_test_views"] == 2
+    for key in ("psnr", "iou", "chamfer", "accuracy", "completeness"):
+        assert isinstance(metrics[key], float)
+    assert not list(finished_run.rglob("*.tmp"))
+
+
+def test_mesh_is_in_the_world_frame(finished_run, data_dir):
+    import trimesh
+
+    mesh = trimesh.load(finished_run / "meshes" / "final.ply", process=False)
+    gt = trimesh.load(next(data_dir.glob("synthetic_*/gt_mesh.ply")), process=False)
+    # Both in world millimetres: the prediction's centre lies near the GT's, far from the origin.
+    assert abs(mesh.vertices.mean(0) - gt.vertices.mean(0)).max() < 0.3 * gt.extents.max()
+    assert abs(gt.vertices.mean(0)).max() > 10
+
+
+def test_resume_continues_at_the_saved_step(finished_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(finished_run, run_dir)
+    before = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # Same budget: a resumed run has nothing left to do, so the weights must not move.
+    result = launch(f"resume={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert after["global_step"] == 6
+    for key, value in before["state_dict"].items():
+        assert torch.equal(value, after["state_dict"][key]), key
+    # A larger budget continues from step 6 to 9 with the saved overrides (tiny scene) re-applied.
+    result = launch(f"resume={run_dir / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=9")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert step_of(run_dir / "checkpoints" / "last.ckpt") == 9
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 9
+    assert "grid.occupied" in "".join(after["state_dict"])  # the occupancy grid travels with the checkpoint
+
+
+def test_export_and_test_modes_rewrite_results(finished_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "again"
+    shutil.copytree(finished_run, run_dir)
+    mesh = run_dir / "meshes" / "final.ply"
+    mesh.unlink()
+    result = launch(f"resume={run_dir}", "mode=export")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert mesh.stat().st_size > 0
+    (run_dir / "metrics.json").unlink()
+    result = launch(f"resume={run_dir}", "mode=test")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] == 6 and "chamfer" in metrics and "psnr" in metrics
+    assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["dataset=dtu", "dataset.root=/nonexistent/scan"], "/nonexistent/scan"),
+        (["encoder=nope"], "encoder/nope.yaml"),
+        (["system.background=purple"], "system.background"),
+        (["mode=bogus"], "mode"),
+        (["mode=test"], "resume"),
+        (["dataset.test_views=[0,1,2,3,4,5,6,7]"], "dataset.test_views"),
+    ],
+    ids=["missing-folder", "unknown-group-option", "unknown-background", "unknown-mode", "test-without-run", "all-held-out"],
+)
+def test_bad_input_is_one_line_and_leaves_no_run(args, expected, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    tiny = [a for a in TINY if not a.startswith("dataset.")] if "dataset=dtu" in args else TINY
+    line = one_line_error(launch(*tiny, *args, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}"))
+    assert expected in line
+    assert not run_dir.exists()
+
+
+def test_existing_run_is_never_overwritten(finished_run):
+    before = (finished_run / "metrics.json").read_text()
+    line = one_line_error(launch(*TINY, f"hydra.run.dir={finished_run}"))
+    assert str(finished_run) in line and "resume" in line
+    assert (finished_run / "metrics.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_encoders(data_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = launch("-m", "encoder=hashgrid,frequency", *TINY, "trainer.max_steps=3", f"data_dir={data_dir}", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["step"] == 3
+    assert "frequency" in (sweep / "1" / ".hydra" / "config.yaml").read_text()
