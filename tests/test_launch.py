@@ -147,4 +147,4 @@ def test_multirun_sweeps_encoders(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("0", "1"):
         assert json.loads((sweep / job / "metrics.json").read_text())["step"] == 3
-    assert "frequency" in (sweep / "1" / ".hydra" / "config.yaml").read_text()
+    assert "FrequencyEncoder" in (sweep / "1" / ".hydra" / "config.yaml").read_text()
