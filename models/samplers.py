@@ -71,15 +71,14 @@ class OccupancyGrid(nn.Module):
     def update(self, occupancy_fn: Callable[[torch.Tensor], torch.Tensor], fraction: float = 1.0, chunk: int = 131072) -> None:
         """Re-evaluate cells at jittered points with ``occupancy_fn`` (P, 3) -> (P,) in [0, 1].
 
-        ``fraction`` < 1 re-evaluates that share of random cells plus every occupied one (as
-        nerfacc does after its warm-up); the others only decay.
+        Only cells inside the visual hull are evaluated (the others can never be occupied).
+        ``fraction`` < 1 re-evaluates that share of them at random plus every occupied cell (as
+        nerfacc does after its warm-up); the rest only decay.
         """
         flat = self.values.view(-1)
-        if fraction >= 1.0:
-            cells = torch.arange(flat.numel(), device=flat.device)
-        else:
-            hull = self.hull.view(-1).nonzero()[:, 0]
-            random = hull[torch.randperm(len(hull), device=flat.device)[: int(fraction * len(hull))]]
+        cells = self.hull.view(-1).nonzero()[:, 0]
+        if fraction < 1.0:
+            random = cells[torch.randperm(len(cells), device=flat.device)[: int(fraction * len(cells))]]
             cells = torch.cat([random, self.occupied.view(-1).nonzero()[:, 0]]).unique()
         pts = (self.cell_index[cells] + torch.rand(len(cells), 3, device=flat.device)) * self.cell_size - self.radius
         new = torch.cat([occupancy_fn(p) for p in pts.split(chunk)]) if len(pts) else flat[:0]
