@@ -1,6 +1,7 @@
 """What every reconstruction system shares: data on the device, ray sampling, optimisation,
 held-out rendering and metrics, mesh export. Subclasses implement ``training_step`` and
-``render_rays``; models expose ``update_step(epoch, step)`` hooks that are walked every step."""
+``render_rays``; their ``model`` has a ``geometry`` (SDF field) and a ``texture`` (colour field).
+Submodules expose ``update_step(epoch, step)`` hooks that are walked every step."""
 from __future__ import annotations
 
 import math
@@ -192,12 +193,15 @@ class BaseSystem(pl.LightningModule):
 
     # ----------------------------------------------------------------- meshes
     def sdf(self, x: torch.Tensor) -> torch.Tensor:
-        """SDF in the normalised frame, (P, 3) -> (P,)."""
-        raise NotImplementedError
+        """SDF in the normalised frame, (P, 3) -> (P,), from ``model.geometry``."""
+        return self.model.geometry.sdf(x)
 
     def vertex_colors(self, vertices: torch.Tensor) -> torch.Tensor:
-        """Colours (V, 3) in [0, 1] for vertices (V, 3) seen head-on."""
-        raise NotImplementedError
+        """Colours (V, 3) in [0, 1] of vertices (V, 3) seen head-on (view direction = -normal)."""
+        _, feature, grad = self.model.geometry.forward_with_gradient(vertices, create_graph=False)
+        normals = F.normalize(grad, dim=-1)
+        with torch.no_grad():
+            return self.model.texture(vertices, normals, -normals, feature)
 
     def to_world(self, points: np.ndarray) -> np.ndarray:
         """Normalised (P, 3) -> the dataset's original world frame (through scale_mat)."""

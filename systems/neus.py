@@ -61,15 +61,6 @@ class NeuSSystem(BaseSystem):
     def render_rays(self, rays: RayBundle, background: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model.render(rays, background, self.cos_anneal_ratio(), stratified=False, create_graph=False)
 
-    def sdf(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.geometry.sdf(x)
-
-    def vertex_colors(self, vertices: torch.Tensor) -> torch.Tensor:
-        _, feature, grad = self.model.geometry.forward_with_gradient(vertices, create_graph=False)
-        normals = F.normalize(grad, dim=-1)
-        with torch.no_grad():
-            return self.model.texture(vertices, normals, -normals, feature)
-
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         step = self.global_step
         n = int(self.n_rays)

@@ -2,29 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "dataset.n_views=8", "dataset.width=64", "dataset.height=48", "dataset.test_every=4",
-    "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.checkpoint_every_n_steps=3",
-    "trainer.log_every_n_steps=1", "export.resolution=32", "eval.chamfer_points=5000",
-    "system.rays.initial=128", "system.rays.target_samples=4096", "system.model.grid.resolution=32",
-    "encoder.compile=false",
-]
-
-
-def launch(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
@@ -32,9 +14,9 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished_run(data_dir, tmp_path_factory) -> Path:
+def finished_run(launch, tiny, data_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "base"
-    result = launch(*TINY, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}", "seed=7", "name=tiny")
+    result = launch(*tiny, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}", "seed=7", "name=tiny")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -68,7 +50,7 @@ def test_mesh_is_in_the_world_frame(finished_run, data_dir):
     assert abs(gt.vertices.mean(0)).max() > 10
 
 
-def test_resume_continues_at_the_saved_step(finished_run, tmp_path):
+def test_resume_continues_at_the_saved_step(launch, finished_run, tmp_path):
     import shutil
 
     run_dir = tmp_path / "resumed"
@@ -89,7 +71,7 @@ def test_resume_continues_at_the_saved_step(finished_run, tmp_path):
     assert "grid.occupied" in "".join(after["state_dict"])  # the occupancy grid travels with the checkpoint
 
 
-def test_export_and_test_modes_rewrite_results(finished_run, tmp_path):
+def test_export_and_test_modes_rewrite_results(launch, finished_run, tmp_path):
     import shutil
 
     run_dir = tmp_path / "again"
@@ -126,26 +108,26 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     ],
     ids=["missing-folder", "unknown-group-option", "unknown-background", "unknown-mode", "test-without-run", "all-held-out"],
 )
-def test_bad_input_is_one_line_and_leaves_no_run(args, expected, data_dir, tmp_path):
+def test_bad_input_is_one_line_and_leaves_no_run(launch, tiny, args, expected, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    tiny = [a for a in TINY if not a.startswith("dataset.")] if "dataset=dtu" in args else TINY
-    line = one_line_error(launch(*tiny, *args, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}"))
+    args_tiny = [a for a in tiny if not a.startswith("dataset.")] if "dataset=dtu" in args else tiny
+    line = one_line_error(launch(*args_tiny, *args, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}"))
     assert expected in line
     assert not run_dir.exists()
 
 
-def test_existing_run_is_never_overwritten(finished_run):
+def test_existing_run_is_never_overwritten(launch, tiny, finished_run):
     before = (finished_run / "metrics.json").read_text()
-    line = one_line_error(launch(*TINY, f"hydra.run.dir={finished_run}"))
+    line = one_line_error(launch(*tiny, f"hydra.run.dir={finished_run}"))
     assert str(finished_run) in line and "resume" in line
     assert (finished_run / "metrics.json").read_text() == before
 
 
 @pytest.mark.slow
-def test_multirun_sweeps_encoders(data_dir, tmp_path):
+def test_multirun_sweeps_encoders(launch, tiny, data_dir, tmp_path):
     sweep = tmp_path / "sweep"
-    tiny = [a for a in TINY if not a.startswith("encoder.")]  # options differ between encoders
-    result = launch("-m", "encoder=hashgrid,frequency", *tiny, "trainer.max_steps=3", f"data_dir={data_dir}", f"hydra.sweep.dir={sweep}")
+    args = [a for a in tiny if not a.startswith("encoder.")]  # options differ between encoders
+    result = launch("-m", "encoder=hashgrid,frequency", *args, "trainer.max_steps=3", f"data_dir={data_dir}", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("0", "1"):
         assert json.loads((sweep / job / "metrics.json").read_text())["step"] == 3

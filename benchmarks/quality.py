@@ -1,0 +1,83 @@
+"""Quality benchmark: run launch.py jobs, print one table, append it to docs/BENCHMARKS.md.
+
+    python benchmarks/quality.py                  # the default synthetic run (issue target: Chamfer <= 1.5 in 10 min)
+    python benchmarks/quality.py --dtu            # + DTU scan24, 4 held-out views, 20 minutes
+    python benchmarks/quality.py --dry-run        # print the commands only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = {
+    "synthetic": [],
+    "dtu24": ["dataset=dtu", "scan=24", f"data_dir={ROOT.parent / 'shared' / 'data'}", "trainer.max_time=00:00:20:00",
+              "trainer.max_steps=3000", "system.eval_downscale=2"],
+    "synthetic-idr": ["system=idr"],
+}
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+
+
+def run(name: str, extra: list[str], out: Path) -> dict:
+    run_dir = out / name
+    cmd = [sys.executable, "launch.py", *JOBS[name], *extra, f"hydra.run.dir={run_dir}"]
+    started = time.time()
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{result.stderr[-2000:]}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["wall_s"] = round(time.time() - started, 1)
+    metrics["command"] = "python launch.py " + " ".join([*JOBS[name], *extra])
+    return metrics
+
+
+def table(rows: dict[str, dict]) -> str:
+    head = "| job | steps | train s | wall s | Chamfer | acc | comp | PSNR | IoU | command |\n|---|---|---|---|---|---|---|---|---|---|"
+    fmt = lambda m, k, f: format(m[k], f) if k in m else "-"  # noqa: E731
+    lines = [f"| {n} | {m['step']} | {m.get('train_time_s', '-')} | {m['wall_s']} | {fmt(m, 'chamfer', '.3f')} | "
+             f"{fmt(m, 'accuracy', '.3f')} | {fmt(m, 'completeness', '.3f')} | {fmt(m, 'psnr', '.2f')} | {fmt(m, 'iou', '.4f')} | "
+             f"`{m['command']}` |" for n, m in rows.items()]
+    return "\n".join([head, *lines])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", nargs="+", default=["synthetic"], choices=sorted(JOBS))
+    parser.add_argument("--dtu", action="store_true", help="add the DTU scan24 job")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    parser.add_argument("--no-append", action="store_true", help="do not append to docs/BENCHMARKS.md")
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="extra key=value overrides for every job")
+    args = parser.parse_args()
+    jobs = args.jobs + (["dtu24"] if args.dtu and "dtu24" not in args.jobs else [])
+    if args.dry_run:
+        for name in jobs:
+            print("python launch.py " + " ".join([*JOBS[name], *args.overrides]))
+        return
+    rows = {name: run(name, args.overrides, args.out) for name in jobs}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    report = f"\n### Quality, {date.today()}, commit {commit}, {device_name()}\n\n{table(rows)}\n"
+    print(report)
+    if not args.no_append:
+        with open(ROOT / "docs" / "BENCHMARKS.md", "a") as f:
+            f.write(report)
+
+
+if __name__ == "__main__":
+    main()
