@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datasets.errors import InputError
 
-MODES = ("train", "test", "eval", "export")
+MODES = ("train", "test", "eval", "export", "inspect_init", "transfer")
 # Keys of a dataset config that describe it rather than being loader arguments.
 DATASET_META = ("name", "scene", "background")
 RESULT_NAMES = ("checkpoints", "meshes", "metrics.json", "renders")
@@ -118,22 +118,45 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> "pl.Traine
     )
 
 
+def build_system(cfg: DictConfig, run_dir: Path, ckpt: Path | None = None):
+    """The scene and system ``cfg`` describes, with the weights of ``ckpt`` when given."""
+    scene = load_scene(cfg)
+    cameras = instantiate(cfg.camera, intrinsics=scene.intrinsics, c2w=scene.c2w)
+    # The scene is passed after instantiation: Hydra would turn its dataclass into a config.
+    system = instantiate(cfg.system, run_dir=str(run_dir), _convert_="all", _partial_=True)(scene=scene, cameras=cameras)
+    if ckpt is not None:
+        system.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    return system
+
+
+def load_run(path: str):
+    """The trained system of a finished run directory (or checkpoint), built from its saved config."""
+    run_dir, ckpt = find_checkpoint(path)
+    return build_system(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), run_dir, ckpt).eval()
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Build the scene and system from ``cfg`` and do what ``cfg.mode`` says; returns the metrics."""
     import pytorch_lightning as pl
 
     from systems.callbacks import Evaluation, MeshExport
+    from systems.inspect import inspect_init, transfer
 
     if cfg.mode not in MODES:
         raise InputError("mode", f"unknown value {cfg.mode!r}; choose one of {', '.join(MODES)}")
+    pl.seed_everything(cfg.seed, verbose=False)
+    if cfg.mode == "transfer":
+        if not (cfg.geometry_run and cfg.appearance_run):
+            raise InputError("mode", "mode=transfer needs geometry_run=<run dir> and appearance_run=<run dir>")
+        video = transfer(load_run(cfg.geometry_run), load_run(cfg.appearance_run), run_dir / "transfer")
+        return {"video": str(video)}
     ckpt = find_checkpoint(cfg.resume)[1] if cfg.resume else None
+    if cfg.mode == "inspect_init":
+        paths = inspect_init(build_system(cfg, run_dir, ckpt), run_dir / "inspect")
+        return {"inspect": [str(p) for p in paths]}
     if cfg.mode != "train" and ckpt is None:
         raise InputError("mode", f"mode={cfg.mode} needs resume=<run dir or checkpoint>")
-    pl.seed_everything(cfg.seed, verbose=False)
-    scene = load_scene(cfg)
-    cameras = instantiate(cfg.camera, intrinsics=scene.intrinsics, c2w=scene.c2w)
-    # The scene is passed after instantiation: Hydra would turn its dataclass into a config.
-    system = instantiate(cfg.system, run_dir=str(run_dir), _convert_="all", _partial_=True)(scene=scene, cameras=cameras)
+    system = build_system(cfg, run_dir)
 
     mesh_path = run_dir / "meshes" / cfg.export.filename
     export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors)
@@ -171,6 +194,9 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
         lines.append(f"held-out     PSNR {metrics['psnr']:.2f} dB{iou} over {metrics['n_test_views']} views")
     if "mesh" in metrics:
         lines.append(f"mesh         {metrics['mesh']}")
+    for key in ("inspect", "video"):
+        if key in metrics:
+            lines.append(f"{key:<12} {metrics[key]}")
     return "\n".join(lines)
 
 

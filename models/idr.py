@@ -61,7 +61,7 @@ class IDRModel(nn.Module):
 
 
 def mask_loss(min_sdf: torch.Tensor, hit: torch.Tensor, in_mask: torch.Tensor, alpha: float) -> torch.Tensor:
-    """IDR's mask loss (eq. 7): (1/alpha) BCE-with-logits(-alpha s*, in_mask) over the rays that are
+    """IDR's mask loss: (1/alpha) BCE-with-logits(-alpha s*, in_mask) over the rays that are
     not ``hit``, summed and divided by the number of rays R. min_sdf (R,), hit, in_mask (R,) bool."""
     logits = -alpha * min_sdf[~hit]
     return F.binary_cross_entropy_with_logits(logits, in_mask[~hit].to(logits.dtype), reduction="sum") / (alpha * len(hit))

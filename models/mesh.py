@@ -77,17 +77,19 @@ def extract_mesh(
     Args:
         sdf_fn: (P, 3) -> (P,) or (P, 1) signed distance, negative inside; called under no_grad.
         resolution: grid points per axis (R).
-        refine: re-run at the same resolution on the padded bounding box of the first result.
+        refine: first find the surface's bounding box on a half-resolution grid, then march at
+            ``resolution`` on that (padded) box only.
 
     Returns:
         vertices (V, 3) float32 in sdf_fn's frame and faces (F, 3) int64 with outward normals;
         both (0, 3) if there is no surface.
     """
     lo, hi = np.full(3, -radius), np.full(3, radius)
-    verts, faces = _march(_sdf_grid(sdf_fn, lo, hi, resolution, radius, chunk, device), lo, hi)
+    first = max(32, resolution // 2) if refine else resolution
+    verts, faces = _march(_sdf_grid(sdf_fn, lo, hi, first, radius, chunk, device), lo, hi)
     if not refine or len(faces) == 0:
         return verts, faces
-    pad = 2 * (hi - lo) / (resolution - 1)
+    pad = 2 * (hi - lo) / (first - 1)
     lo2 = np.maximum(verts.min(axis=0) - pad, lo)
     hi2 = np.minimum(verts.max(axis=0) + pad, hi)
     fine_verts, fine_faces = _march(_sdf_grid(sdf_fn, lo2, hi2, resolution, radius, chunk, device), lo2, hi2)

@@ -16,7 +16,7 @@ from systems.schedules import scheduled
 class IDRSystem(BaseSystem):
     """Trains an :class:`IDRModel` on ``n_rays`` random pixels per step.
 
-    Losses (IDR eq. 7; each weight a constant or a schedule, see ``systems.schedules``):
+    Losses (as in IDR; each weight a constant or a schedule, see ``systems.schedules``):
     ``rgb`` (L1 on rays that hit the surface inside the mask, summed and divided by the number of
     rays), ``mask`` ((1/a) BCE-with-logits of -a s* on the other rays, s* their minimal SDF; the
     sharpness a starts at ``alpha_init`` and is multiplied by ``alpha_factor`` at each step of

@@ -1,6 +1,6 @@
 """Visual checks of SDF systems: the initial field (slices and a shaded render) and IDR's appearance
 transfer, rendering one run's geometry with another run's rendering network (Yariv et al.,
-"Multiview Neural Surface Reconstruction by Disentangling Geometry and Appearance", NeurIPS 2020, Sec. 4.3).
+"Multiview Neural Surface Reconstruction by Disentangling Geometry and Appearance", NeurIPS 2020).
 """
 from __future__ import annotations
 

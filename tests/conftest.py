@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared real data, and running launch.py as a user would."""
+"""Shared fixtures: the shared real data, a small generated synthetic scene, and running launch.py as a user would."""
 from __future__ import annotations
 
 import os
@@ -44,3 +44,29 @@ def launch() -> Callable[..., subprocess.CompletedProcess]:
 @pytest.fixture(scope="session")
 def tiny() -> list[str]:
     return list(TINY)
+
+
+@pytest.fixture(scope="session")
+def small_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-view 64x48 synthetic scene in the NeuS layout, generated once per session. Do not modify it."""
+    from datasets.synthetic import generate_scene
+
+    return Path(generate_scene(str(tmp_path_factory.mktemp("synthetic") / "scene"), n_views=6, width=64, height=48))
+
+
+@pytest.fixture(scope="session")
+def mask_centroid_rays():
+    """A function ``scene -> (centroids (N, 2) pixel coordinates, RayBundle of the N rays through them)``."""
+    import torch
+
+    from models.rays import pixel_rays
+
+    def centroid_rays(scene):
+        masks = scene.masks.double()
+        height, width = scene.hw
+        total = masks.sum((1, 2))
+        cx = (masks.sum(1) * (torch.arange(width, dtype=torch.float64) + 0.5)).sum(1) / total
+        cy = (masks.sum(2) * (torch.arange(height, dtype=torch.float64) + 0.5)).sum(1) / total
+        return torch.stack([cx, cy], -1), pixel_rays(scene.intrinsics.double(), scene.c2w.double(), cx, cy)
+
+    return centroid_rays

@@ -18,7 +18,6 @@ from hydra.utils import instantiate
 from datasets.scene import Scene
 from models.cameras import FixedCameras
 from models.rays import image_rays, intersect_sphere
-from systems.idr import IDRSystem
 from systems.inspect import inspect_init, look_at, orbit_path, transfer
 
 ROOT = Path(__file__).resolve().parents[2]
