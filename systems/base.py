@@ -108,8 +108,24 @@ class BaseSystem(pl.LightningModule):
 
     # ----------------------------------------------------------- optimisation
     def param_groups(self) -> list[dict[str, Any]]:
-        """Parameter groups with their learning rates; subclasses refine this."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": self.optim["lr"], "name": "all"}]
+        """Adam groups with their own learning rates: encoder, geometry MLP, texture, and everything
+        outside the model (cameras, learned background) as ``other``. Subclasses add their own."""
+        o = self.optim
+        geometry = self.model.geometry
+        encoder_ids = {id(p) for p in geometry.encoder.parameters()}
+        return [
+            {"name": "encoder", "params": list(geometry.encoder.parameters()), "lr": o.get("lr_encoder", o["lr"])},
+            {"name": "geometry", "params": [p for p in geometry.parameters() if id(p) not in encoder_ids], "lr": o.get("lr_geometry", o["lr"])},
+            {"name": "texture", "params": list(self.model.texture.parameters()), "lr": o.get("lr_texture", o["lr"])},
+            {"name": "other", "params": [p for n, p in self.named_parameters() if not n.startswith("model.")], "lr": o.get("lr_camera", o["lr"])},
+        ]
+
+    def eikonal_loss(self, sample_grad: torch.Tensor, n_uniform: int) -> torch.Tensor:
+        """Mean (|grad f| - 1)^2 over the given SDF gradients (S, 3) and ``n_uniform`` random points in the bounding cube."""
+        pts = torch.rand(n_uniform, 3, device=self.device) * 2 - 1
+        _, _, grad_uniform = self.model.geometry.forward_with_gradient(pts, create_graph=True)
+        grads = torch.cat([sample_grad, grad_uniform])
+        return ((grads.norm(dim=-1) - 1.0) ** 2).mean()
 
     def configure_optimizers(self):
         groups = [g for g in self.param_groups() if g["params"]]

@@ -32,18 +32,6 @@ class IDRSystem(BaseSystem):
         self.loss_cfg = {"rgb": 1.0, "mask": 100.0, "eikonal": 0.1, "eikonal_points": 512, "alpha_init": 50.0,
                          "alpha_factor": 2.0, "alpha_milestones": [], **(loss or {})}
 
-    def param_groups(self) -> list[dict[str, Any]]:
-        o = self.optim
-        geometry = self.model.geometry
-        encoder_ids = {id(p) for p in geometry.encoder.parameters()}
-        extra = [p for n, p in self.named_parameters() if not n.startswith("model.")]
-        return [
-            {"name": "encoder", "params": list(geometry.encoder.parameters()), "lr": o.get("lr_encoder", o["lr"])},
-            {"name": "geometry", "params": [p for p in geometry.parameters() if id(p) not in encoder_ids], "lr": o.get("lr_geometry", o["lr"])},
-            {"name": "texture", "params": list(self.model.texture.parameters()), "lr": o.get("lr_texture", o["lr"])},
-            {"name": "other", "params": extra, "lr": o.get("lr_camera", o["lr"])},
-        ]
-
     def alpha(self, step: int) -> float:
         """Sharpness of the mask loss's sigmoid at ``step``."""
         passed = sum(step >= int(m) for m in self.loss_cfg["alpha_milestones"])
@@ -64,11 +52,7 @@ class IDRSystem(BaseSystem):
         if in_mask is not None and w["mask"] > 0:
             losses["mask"] = mask_loss(out["min_sdf"], hit, in_mask, self.alpha(step))
         if w["eikonal"] > 0:
-            m = int(self.loss_cfg["eikonal_points"])
-            pts = torch.rand(m, 3, device=self.device) * 2 - 1
-            _, _, grad_uniform = self.model.geometry.forward_with_gradient(pts, create_graph=True)
-            grads = torch.cat([out["sample_grad"], grad_uniform])
-            losses["eikonal"] = ((grads.norm(dim=-1) - 1.0) ** 2).mean()
+            losses["eikonal"] = self.eikonal_loss(out["sample_grad"], int(self.loss_cfg["eikonal_points"]))
         total = sum(w[k] * v for k, v in losses.items())
 
         with torch.no_grad():

@@ -35,18 +35,8 @@ class NeuSSystem(BaseSystem):
         self.n_rays = float(self.rays_cfg["initial"])
 
     def param_groups(self) -> list[dict[str, Any]]:
-        o = self.optim
-        geometry = self.model.geometry
-        encoder_ids = {id(p) for p in geometry.encoder.parameters()}
-        groups = [
-            {"name": "encoder", "params": list(geometry.encoder.parameters()), "lr": o.get("lr_encoder", o["lr"])},
-            {"name": "geometry", "params": [p for p in geometry.parameters() if id(p) not in encoder_ids], "lr": o.get("lr_geometry", o["lr"])},
-            {"name": "texture", "params": list(self.model.texture.parameters()), "lr": o.get("lr_texture", o["lr"])},
-            {"name": "variance", "params": list(self.model.variance.parameters()), "lr": o.get("lr_variance", 1e-3)},
-        ]
-        extra = [p for n, p in self.named_parameters() if not n.startswith("model.")]
-        groups.append({"name": "other", "params": extra, "lr": o.get("lr_camera", o["lr"])})
-        return groups
+        variance = {"name": "variance", "params": list(self.model.variance.parameters()), "lr": self.optim.get("lr_variance", 1e-3)}
+        return [*super().param_groups(), variance]
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
@@ -73,11 +63,7 @@ class NeuSSystem(BaseSystem):
         if w["rgb_mse"] > 0:
             losses["rgb_mse"] = F.mse_loss(out["rgb"], target)
         if w["eikonal"] > 0:
-            m = int(self.loss_cfg["eikonal_points"])
-            pts = torch.rand(m, 3, device=self.device) * 2 - 1
-            _, _, grad_uniform = self.model.geometry.forward_with_gradient(pts, create_graph=True)
-            grads = torch.cat([out["sample_grad"], grad_uniform])
-            losses["eikonal"] = ((grads.norm(dim=-1) - 1.0) ** 2).mean()
+            losses["eikonal"] = self.eikonal_loss(out["sample_grad"], int(self.loss_cfg["eikonal_points"]))
         if mask is not None and w["mask"] > 0:
             losses["mask"] = F.binary_cross_entropy(out["opacity"].clamp(1e-3, 1 - 1e-3), mask)
         total = sum(w[k] * v for k, v in losses.items())

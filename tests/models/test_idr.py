@@ -13,15 +13,6 @@ from models.ray_tracing import SphereTracer
 from models.rays import RayBundle, intersect_sphere
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small kernels: one thread is faster, and several thrash on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class SphereGeometry(nn.Module):
     """Analytic sphere SDF with a trainable radius and centre; its feature is empty."""
 
