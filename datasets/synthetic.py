@@ -29,14 +29,14 @@ from datasets.npz import load_npz_scene
 from datasets.scene import Scene
 from models.rays import image_rays, intersect_sphere
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPHERE_CENTRE, SPHERE_RADIUS = (0.0, 0.0, 0.15), 0.40
 TORUS_CENTRE, TORUS_RADII = (0.0, 0.0, -0.12), (0.50, 0.16)  # major radius around z, tube radius
 BLEND = 0.08  # smooth-min width
 LIGHT_DIR = (0.40, -0.30, 0.866)  # towards the light, world/normalised frame (z up)
 CAMERA_DISTANCE = 3.0
 FOV_Y_DEG = 35.0
-ELEVATIONS_DEG = (10.0, 60.0)
+ELEVATIONS_DEG = (-30.0, 60.0)  # some views from below, so every part of the GT surface is observed
 WORLD_TRANSLATION = (15.0, -30.0, 550.0)
 MESH_RESOLUTION = 256
 SUPERSAMPLE = 2

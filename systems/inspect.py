@@ -4,7 +4,6 @@ transfer, rendering one run's geometry with another run's rendering network (Yar
 """
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Callable
@@ -19,7 +18,6 @@ from models.ray_tracing import SphereTracer
 from models.rays import RayBundle, image_rays
 from systems.base import BaseSystem
 
-log = logging.getLogger(__name__)
 
 SdfFn = Callable[[torch.Tensor], torch.Tensor]
 BAND = 0.1  # spacing of the iso-distance bands of the slice images
@@ -144,8 +142,7 @@ def transfer(geometry_system: BaseSystem, appearance_system: BaseSystem, out_dir
     """Render the geometry of one trained IDR system with the rendering network of another along
     ``orbit_path`` of the geometry run's cameras (at most ``resolution`` pixels wide or high).
 
-    Writes ``frames/frame_###.png`` and ``transfer.mp4``, or ``transfer.gif`` when imageio has no
-    mp4 writer (imageio-ffmpeg or av not installed); returns the path of the video or GIF.
+    Writes ``frames/frame_###.png`` and ``transfer.mp4``; returns the video's path.
     """
     geometry, texture = geometry_system.model.geometry, appearance_system.model.texture
     if geometry.feature_dim != appearance_system.model.geometry.feature_dim:
@@ -167,11 +164,5 @@ def transfer(geometry_system: BaseSystem, appearance_system: BaseSystem, out_dir
         iio.imwrite(out_dir / "frames" / f"frame_{i:03d}.png", frame)
         frames.append(frame)
     video = out_dir / "transfer.mp4"
-    try:
-        iio.imwrite(video, np.stack(frames), fps=fps)
-        return video
-    except OSError:
-        gif = out_dir / "transfer.gif"
-        iio.imwrite(gif, np.stack(frames), duration=1000.0 / fps, loop=0)
-        log.warning("imageio cannot write mp4 (install imageio-ffmpeg); wrote %s instead", gif)
-        return gif
+    iio.imwrite(video, np.stack(frames), fps=fps)  # through imageio-ffmpeg
+    return video

@@ -109,12 +109,11 @@ def test_orbit_path_circles_the_cameras():
 def test_transfer_writes_frames_and_video(tmp_path):
     geometry, appearance = make_system(seed=0), make_system(seed=1)
     video = transfer(geometry, appearance, tmp_path, n_frames=4, fps=5, resolution=32)
-    assert video.exists() and video.suffix in (".mp4", ".gif")
+    assert video.suffix == ".mp4" and video.stat().st_size > 0
     frames = [iio.imread(p) for p in sorted((tmp_path / "frames").glob("*.png"))]
     assert len(frames) == 4 and frames[0].shape == (H, W, 3)
     assert frames[0].max() > 50  # the sphere is in view
-    if video.suffix == ".gif":
-        assert len(iio.imread(video, index=None)) == 4
+    assert len(iio.imread(video, index=None)) == 4
 
 
 IDR_TINY = ["system=idr", "dataset.n_views=8", "dataset.width=64", "dataset.height=48", "export.resolution=64",
