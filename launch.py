@@ -14,13 +14,18 @@ import time
 from pathlib import Path
 
 import hydra
+import pytorch_lightning as pl
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from datasets.errors import InputError
+from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport
+from systems.inspect import inspect_init, transfer
 
 MODES = ("train", "test", "eval", "export", "inspect_init", "transfer")
 # Keys of a dataset config that describe it rather than being loader arguments.
@@ -99,13 +104,7 @@ def default_resolution(cfg: DictConfig) -> int:
     return 512 if torch.cuda.is_available() else 192
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> "pl.Trainer":
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    from systems.callbacks import AtomicCheckpointIO
-
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
     t = cfg.trainer
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
                                  every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1, save_last=True)
@@ -137,11 +136,6 @@ def load_run(path: str):
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Build the scene and system from ``cfg`` and do what ``cfg.mode`` says; returns the metrics."""
-    import pytorch_lightning as pl
-
-    from systems.callbacks import Evaluation, MeshExport
-    from systems.inspect import inspect_init, transfer
-
     if cfg.mode not in MODES:
         raise InputError("mode", f"unknown value {cfg.mode!r}; choose one of {', '.join(MODES)}")
     pl.seed_everything(cfg.seed, verbose=False)

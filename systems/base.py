@@ -4,7 +4,6 @@ held-out rendering and metrics, mesh export. Subclasses implement ``training_ste
 Submodules expose ``update_step(epoch, step)`` hooks that are walked every step."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +257,3 @@ def log_scalars(module: pl.LightningModule, values: dict[str, float | torch.Tens
     for key, value in values.items():
         module.log(f"train/{key}", value, prog_bar=key in prog_bar, batch_size=1)
 
-
-def finite(value: float) -> float | None:
-    """A float for JSON, or None for NaN/inf."""
-    return value if math.isfinite(value) else None
