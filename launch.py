@@ -117,21 +117,26 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer
     )
 
 
-def build_system(cfg: DictConfig, run_dir: Path, ckpt: Path | None = None):
-    """The scene and system ``cfg`` describes, with the weights of ``ckpt`` when given."""
+def load_checkpoint(ckpt: Path) -> dict:
+    """A Lightning checkpoint as saved by our trainer (weights, step, optimiser, loop state)."""
+    return torch.load(ckpt, map_location="cpu", weights_only=False)
+
+
+def build_system(cfg: DictConfig, run_dir: Path, checkpoint: dict | None = None):
+    """The scene and system ``cfg`` describes, with the weights of ``checkpoint`` when given."""
     scene = load_scene(cfg)
     cameras = instantiate(cfg.camera, intrinsics=scene.intrinsics, c2w=scene.c2w)
     # The scene is passed after instantiation: Hydra would turn its dataclass into a config.
     system = instantiate(cfg.system, run_dir=str(run_dir), _convert_="all", _partial_=True)(scene=scene, cameras=cameras)
-    if ckpt is not None:
-        system.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    if checkpoint is not None:
+        system.load_state_dict(checkpoint["state_dict"])
     return system
 
 
 def load_run(path: str):
     """The trained system of a finished run directory (or checkpoint), built from its saved config."""
     run_dir, ckpt = find_checkpoint(path)
-    return build_system(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), run_dir, ckpt).eval()
+    return build_system(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), run_dir, load_checkpoint(ckpt)).eval()
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -145,20 +150,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         video = transfer(load_run(cfg.geometry_run), load_run(cfg.appearance_run), run_dir / "transfer")
         return {"video": str(video)}
     ckpt = find_checkpoint(cfg.resume)[1] if cfg.resume else None
-    if cfg.mode == "inspect_init":
-        paths = inspect_init(build_system(cfg, run_dir, ckpt), run_dir / "inspect")
-        return {"inspect": [str(p) for p in paths]}
-    if cfg.mode != "train" and ckpt is None:
+    if cfg.mode not in ("train", "inspect_init") and ckpt is None:
         raise InputError("mode", f"mode={cfg.mode} needs resume=<run dir or checkpoint>")
-    system = build_system(cfg, run_dir)
+    # Training resumes through Lightning (optimiser and loops too); other modes need the weights only.
+    checkpoint = load_checkpoint(ckpt) if ckpt is not None and cfg.mode != "train" else None
+    system = build_system(cfg, run_dir, checkpoint)
+    if cfg.mode == "inspect_init":
+        return {"inspect": [str(p) for p in inspect_init(system, run_dir / "inspect")]}
 
     mesh_path = run_dir / "meshes" / cfg.export.filename
     export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors)
     if cfg.mode == "export":
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        system.load_state_dict(state["state_dict"])
         system.export_mesh(mesh_path, export.resolution, export.keep_largest, export.colors)
-        return {"step": int(state["global_step"]), "mesh": str(mesh_path)}
+        return {"step": int(checkpoint["global_step"]), "mesh": str(mesh_path)}
 
     started = time.time()
     evaluation = Evaluation(run_dir, mesh_path, cfg.eval.chamfer_points, cfg.eval.max_dist, cfg.eval.mask_dilation)
@@ -168,11 +172,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         trainer.fit(system, ckpt_path=str(ckpt) if ckpt else None)
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         evaluation.extra = {"train_time_s": round(time.time() - started, 1)}
-        trainer.test(system, verbose=False)
     else:
-        # Lightning restores only the weights for testing: report the checkpoint's own step.
-        evaluation.extra = {"step": int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])}
-        trainer.test(system, ckpt_path=str(ckpt), verbose=False)
+        # The weights are loaded already; the trainer's own step is 0 when testing, so report the checkpoint's.
+        evaluation.extra = {"step": int(checkpoint["global_step"])}
+    trainer.test(system, verbose=False)
     return evaluation.metrics
 
 
