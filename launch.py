@@ -30,7 +30,7 @@ from systems.inspect import inspect_init, transfer
 MODES = ("train", "test", "eval", "export", "inspect_init", "transfer")
 # Keys of a dataset config that describe it rather than being loader arguments.
 DATASET_META = ("name", "scene", "background")
-RESULT_NAMES = ("checkpoints", "meshes", "metrics.json", "renders")
+RESULT_NAMES = ("checkpoints", "meshes", "metrics.json", "renders", "cameras_refined.npz")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -125,7 +125,9 @@ def load_checkpoint(ckpt: Path) -> dict:
 def build_system(cfg: DictConfig, run_dir: Path, checkpoint: dict | None = None):
     """The scene and system ``cfg`` describes, with the weights of ``checkpoint`` when given."""
     scene = load_scene(cfg)
-    cameras = instantiate(cfg.camera, intrinsics=scene.intrinsics, c2w=scene.c2w)
+    # A scene's own noisy starting poses (IDR's cameras_linear_init.npz) go to cameras that take them.
+    start = {"init_c2w": scene.init_c2w} if scene.init_c2w is not None and "use_init_file" in cfg.camera else {}
+    cameras = instantiate(cfg.camera, intrinsics=scene.intrinsics, c2w=scene.c2w, **start)
     # The scene is passed after instantiation: Hydra would turn its dataclass into a config.
     system = instantiate(cfg.system, run_dir=str(run_dir), _convert_="all", _partial_=True)(scene=scene, cameras=cameras)
     if checkpoint is not None:
@@ -159,9 +161,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return {"inspect": [str(p) for p in inspect_init(system, run_dir / "inspect")]}
 
     mesh_path = run_dir / "meshes" / cfg.export.filename
-    export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors)
+    export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors,
+                        cameras_path=run_dir / "cameras_refined.npz")
     if cfg.mode == "export":
-        system.export_mesh(mesh_path, export.resolution, export.keep_largest, export.colors)
+        export.export(system)
         return {"step": int(checkpoint["global_step"]), "mesh": str(mesh_path)}
 
     started = time.time()

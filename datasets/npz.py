@@ -1,4 +1,5 @@
-"""Loader for the NeuS/IDR layout: ``image/``, optional ``mask/``, ``cameras_sphere.npz`` (or ``cameras.npz``).
+"""Loader for the NeuS/IDR layout: ``image/``, optional ``mask/``, ``cameras_sphere.npz`` (or ``cameras.npz``),
+and optionally IDR's ``cameras_linear_init.npz`` (rough starting poses for camera refinement).
 
 For each view i, ``P_i = world_mat_i @ scale_mat_i`` projects normalised (unit-sphere) points to pixels;
 it is split into intrinsics and a camera pose as in NeuS (Wang et al., NeurIPS 2021) / IDR (Yariv et al.,
@@ -18,6 +19,7 @@ from datasets.errors import InputError
 from datasets.scene import Scene, split_views
 
 CAMERA_FILES = ("cameras_sphere.npz", "cameras.npz")
+INIT_CAMERA_FILE = "cameras_linear_init.npz"  # IDR's rough poses, the start of camera refinement
 IMAGE_DIRS = ("image", "images")
 MASK_DIRS = ("mask", "masks")
 _READABLE = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
@@ -170,6 +172,9 @@ def load_npz_scene(
     if mask_paths is not None and len(mask_paths) != len(image_paths):
         raise InputError(str(mask_dir), f"{len(mask_paths)} masks but {len(image_paths)} images in {image_dir}")
     intrinsics, c2w, scale_mat = read_cameras(cam_file, len(image_paths))
+    init_c2w = None
+    if (base / INIT_CAMERA_FILE).is_file():
+        init_c2w = torch.from_numpy(read_cameras(base / INIT_CAMERA_FILE, len(image_paths))[1]).float()
     images, size = read_images(image_paths, slice(0, 3), downscale)
     masks = None
     if mask_paths is not None:
@@ -194,4 +199,5 @@ def load_npz_scene(
         root=str(base),
         name=name or base.resolve().name,
         gt_path=gt_path,
+        init_c2w=init_c2w,
     )

@@ -26,6 +26,8 @@ class Scene:
         root: the folder the scene was read from.
         name: a short name for logs.
         gt_path: a ground-truth mesh or point cloud in world coordinates, or None.
+        init_c2w: (N, 4, 4) rough starting poses for camera refinement (IDR's
+            ``cameras_linear_init.npz``) in the same normalised frame, or None.
     """
 
     images: torch.Tensor
@@ -38,6 +40,7 @@ class Scene:
     root: str
     name: str
     gt_path: str | None = None
+    init_c2w: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -53,6 +56,7 @@ class Scene:
         self.masks = None if self.masks is None else self.masks.to(device)
         self.intrinsics = self.intrinsics.to(device)
         self.c2w = self.c2w.to(device)
+        self.init_c2w = None if self.init_c2w is None else self.init_c2w.to(device)
         return self
 
 

@@ -1,5 +1,14 @@
-"""Camera models: per-view intrinsics and camera-to-world poses as a module."""
+"""Camera models (per-view intrinsics and camera-to-world poses as modules), rotation helpers,
+seeded pose noise, and pose-accuracy evaluation by similarity alignment.
+
+Every camera module maps view ids (B,) to intrinsics (B, 3, 3) and c2w (B, 4, 4) (OpenCV
+convention, normalised frame). Trainable cameras also expose ``alignment(view_ids)``, the
+similarity that maps their (gauge-free) learned frame onto the reference frame.
+"""
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,3 +24,210 @@ class FixedCameras(nn.Module):
 
     def forward(self, view_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.intrinsics[view_ids], self.c2w[view_ids]
+
+
+# ---------------------------------------------------------------------------- rotations
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """(N, 3) -> (N, 3, 3) cross-product matrices [v]x."""
+    x, y, z = v.unbind(-1)
+    o = torch.zeros_like(x)
+    return torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*v.shape[:-1], 3, 3)
+
+
+def so3_exp(w: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (N, 3, 3) of axis-angle vectors (N, 3) (Rodrigues' formula).
+
+    The coefficients sin(t)/t and (1 - cos t)/t^2 switch to their Taylor series near t = 0, so the
+    map and its gradient are exact and finite at the identity (where residual poses start).
+    """
+    theta2 = (w * w).sum(-1, keepdim=True)[..., None]
+    theta = theta2.clamp_min(1e-12).sqrt()
+    small = theta2 < 1e-6
+    a = torch.where(small, 1 - theta2 / 6 + theta2**2 / 120, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24 + theta2**2 / 720, (1 - torch.cos(theta)) / theta2.clamp_min(1e-12))
+    k = skew(w)
+    return torch.eye(3, dtype=w.dtype, device=w.device) + a * k + b * (k @ k)
+
+
+def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Unit (or unnormalised) quaternions (N, 4), scalar first (w, x, y, z) -> rotations (N, 3, 3)."""
+    w, x, y, z = (q / q.norm(dim=-1, keepdim=True)).unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(*q.shape[:-1], 3, 3)
+
+
+def matrix_to_quaternion(r: torch.Tensor) -> torch.Tensor:
+    """Rotations (N, 3, 3) -> unit quaternions (N, 4), scalar first and non-negative.
+
+    Uses the largest of the four candidate denominators (Shepperd's method), so it is stable for
+    every rotation, including half turns.
+    """
+    m = r.reshape(-1, 3, 3)
+    trace = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    # 4 w^2, 4 x^2, 4 y^2, 4 z^2 from the diagonal; pick the largest to divide by.
+    sq = torch.stack([1 + trace, 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2],
+                      1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], 1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1)
+    best = sq.argmax(-1)
+    s = sq.gather(1, best[:, None]).clamp_min(1e-12).sqrt()[:, 0] * 2  # 4 * component
+    d21, d02, d10 = m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]
+    s21, s02, s10 = m[:, 2, 1] + m[:, 1, 2], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 0] + m[:, 0, 1]
+    candidates = torch.stack([
+        torch.stack([s / 4, d21 / s, d02 / s, d10 / s], -1),
+        torch.stack([d21 / s, s / 4, s10 / s, s02 / s], -1),
+        torch.stack([d02 / s, s10 / s, s / 4, s21 / s], -1),
+        torch.stack([d10 / s, s02 / s, s21 / s, s / 4], -1),
+    ], 1)
+    q = candidates[torch.arange(len(m), device=m.device), best]
+    q = q * torch.where(q[:, :1] < 0, -1.0, 1.0)
+    return (q / q.norm(dim=-1, keepdim=True)).reshape(*r.shape[:-2], 4)
+
+
+def rotation_angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Geodesic angle in degrees between rotations a and b, (N, 3, 3) each -> (N,)."""
+    rel = a.transpose(-1, -2) @ b
+    cos = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.acos(cos))
+
+
+# ------------------------------------------------------------------- noise and alignment
+def perturb_poses(c2w: torch.Tensor, rotation_deg: float, translation: float, seed: int = 0) -> torch.Tensor:
+    """Seeded pose noise: each camera (N, 4, 4) is rotated about a random axis through its centre by
+    exactly ``rotation_deg`` degrees and its centre moved in a random direction by ``translation``
+    times its distance to the origin (the object centre of the normalised frame)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    n = c2w.shape[0]
+    axis = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen, dtype=torch.float64), dim=-1)
+    direction = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen, dtype=torch.float64), dim=-1)
+    out = c2w.detach().double().cpu().clone()
+    out[:, :3, :3] = so3_exp(axis * math.radians(rotation_deg)) @ out[:, :3, :3]
+    centres = out[:, :3, 3]
+    out[:, :3, 3] = centres + direction * translation * centres.norm(dim=-1, keepdim=True)
+    return out.to(c2w)
+
+
+@dataclass
+class Similarity:
+    """x -> scale * rotation @ x + translation. scale (), rotation (3, 3), translation (3,)."""
+
+    scale: torch.Tensor
+    rotation: torch.Tensor
+    translation: torch.Tensor
+
+    def points(self, x: torch.Tensor) -> torch.Tensor:
+        """Map points (P, 3)."""
+        return self.scale * x @ self.rotation.T + self.translation
+
+    def poses(self, c2w: torch.Tensor) -> torch.Tensor:
+        """Map camera-to-world poses (N, 4, 4): rotate the frame, map the centre (the scale only moves centres)."""
+        out = c2w.clone()
+        out[:, :3, :3] = self.rotation @ c2w[:, :3, :3]
+        out[:, :3, 3] = self.points(c2w[:, :3, 3])
+        return out
+
+    def inverse(self) -> "Similarity":
+        rot = self.rotation.T
+        return Similarity(1.0 / self.scale, rot, -(rot @ self.translation) / self.scale)
+
+
+def umeyama(src: torch.Tensor, dst: torch.Tensor) -> Similarity:
+    """The least-squares similarity with dst ~ s R src + t, for point sets (N, 3), N >= 3 (Umeyama,
+    "Least-squares estimation of transformation parameters between two point patterns", PAMI 1991):
+    the rotation from the SVD of the cross-covariance (Procrustes, with a reflection guard), then
+    scale and translation in closed form. Computed in float64."""
+    s64, d64 = src.double(), dst.double()
+    mu_s, mu_d = s64.mean(0), d64.mean(0)
+    xs, xd = s64 - mu_s, d64 - mu_d
+    cov = xd.T @ xs / len(src)
+    u, sv, vt = torch.linalg.svd(cov)
+    fix = torch.ones(3, dtype=torch.float64, device=src.device)
+    fix[2] = torch.sign(torch.linalg.det(u @ vt))
+    rot = u @ torch.diag(fix) @ vt
+    var_s = (xs * xs).sum() / len(src)
+    scale = (sv * fix).sum() / var_s
+    trans = mu_d - scale * rot @ mu_s
+    return Similarity(scale.to(src.dtype), rot.to(src.dtype), trans.to(src.dtype))
+
+
+def pose_errors(c2w: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Accuracy of poses (N, 4, 4) against reference poses (N, 4, 4) after aligning the centres with
+    :func:`umeyama`: mean/median rotation error in degrees and centre error in reference units."""
+    sim = umeyama(c2w[:, :3, 3], reference[:, :3, 3])
+    aligned = sim.poses(c2w)
+    rot = rotation_angle_deg(aligned[:, :3, :3].double(), reference[:, :3, :3].double())
+    centre = (aligned[:, :3, 3] - reference[:, :3, 3]).double().norm(dim=-1)
+    return {"rotation_error_deg": float(rot.mean()), "rotation_error_deg_median": float(rot.median()),
+            "centre_error": float(centre.mean()), "centre_error_median": float(centre.median())}
+
+
+# ---------------------------------------------------------------------- trainable cameras
+class TrainableCameras(nn.Module):
+    """Per-view poses (and optionally focal lengths) optimised with the scene.
+
+    The starting poses are ``init_c2w`` (e.g. IDR's ``cameras_linear_init.npz``) when given and
+    ``use_init_file``, else the reference poses ``c2w`` perturbed by :func:`perturb_poses` with
+    ``noise`` = {rotation_deg, translation, seed} (no noise: start at the reference). Rotation
+    parametrisations:
+
+    - ``so3`` (default): a residual axis-angle w (N, 3) on top of the start, R = exp([w]x) R0, and a
+      residual centre c = c0 + dc; both start at zero, so the start is exact and Adam's steps are in
+      radians and scene units.
+    - ``quaternion``: IDR's absolute quaternion (normalised in the forward pass) and centre.
+
+    ``refine_focal`` adds a per-view log-scale of the focal lengths. The reference poses are kept
+    (buffer ``reference_c2w``) to evaluate and align the learned ones; gradients reach the poses
+    through the ray origins and directions.
+    """
+
+    def __init__(self, intrinsics: torch.Tensor, c2w: torch.Tensor, init_c2w: torch.Tensor | None = None,
+                 use_init_file: bool = True, noise: dict | None = None, rotation: str = "so3",
+                 refine_focal: bool = False) -> None:
+        super().__init__()
+        if rotation not in ("so3", "quaternion"):
+            raise ValueError(f"unknown rotation parametrisation {rotation!r}; choose so3 or quaternion")
+        noise = {"rotation_deg": 0.0, "translation": 0.0, "seed": 0, **(noise or {})}
+        if init_c2w is None or not use_init_file:
+            init_c2w = perturb_poses(c2w, float(noise["rotation_deg"]), float(noise["translation"]), int(noise["seed"]))
+        self.rotation = rotation
+        self.register_buffer("intrinsics", intrinsics.clone().float())
+        self.register_buffer("reference_c2w", c2w.clone().float())
+        self.register_buffer("init_c2w", init_c2w.clone().float())
+        n = c2w.shape[0]
+        if rotation == "so3":
+            self.rotation_param = nn.Parameter(torch.zeros(n, 3))
+            self.centre_param = nn.Parameter(torch.zeros(n, 3))
+        else:
+            self.rotation_param = nn.Parameter(matrix_to_quaternion(self.init_c2w[:, :3, :3]))
+            self.centre_param = nn.Parameter(self.init_c2w[:, :3, 3].clone())
+        self.log_focal = nn.Parameter(torch.zeros(n)) if refine_focal else None
+
+    def poses(self, view_ids: torch.Tensor) -> torch.Tensor:
+        """Learned c2w (B, 4, 4) of views (B,)."""
+        if self.rotation == "so3":
+            rot = so3_exp(self.rotation_param[view_ids]) @ self.init_c2w[view_ids, :3, :3]
+            centre = self.init_c2w[view_ids, :3, 3] + self.centre_param[view_ids]
+        else:
+            rot = quaternion_to_matrix(self.rotation_param[view_ids])
+            centre = self.centre_param[view_ids]
+        bottom = self.init_c2w[view_ids, 3:, :]
+        return torch.cat([torch.cat([rot, centre[:, :, None]], -1), bottom], -2)
+
+    def forward(self, view_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.intrinsics[view_ids]
+        if self.log_focal is not None:
+            scale = torch.ones_like(k)
+            scale[:, :2, :2] = torch.exp(self.log_focal[view_ids])[:, None, None]
+            k = k * scale
+        return k, self.poses(view_ids)
+
+    def alignment(self, view_ids: torch.Tensor) -> Similarity:
+        """Similarity from the learned frame to the reference frame, fitted on the centres of ``view_ids``."""
+        with torch.no_grad():
+            return umeyama(self.poses(view_ids)[:, :3, 3], self.reference_c2w[view_ids, :3, 3])
+
+    def errors(self, view_ids: torch.Tensor) -> dict[str, float]:
+        """Pose errors of ``view_ids`` against the reference (see :func:`pose_errors`)."""
+        with torch.no_grad():
+            return pose_errors(self.poses(view_ids), self.reference_c2w[view_ids])

@@ -8,6 +8,8 @@ from torch import nn
 
 from models.encoders.spherical_harmonics import spherical_harmonics
 
+GRAD_TYPES = ("analytic", "finite_difference")
+
 
 def make_activation(name: str, beta: float = 100.0) -> nn.Module:
     """'softplus' (with ``beta``, as NeuS/IDR), 'relu', 'silu' or 'elu'."""
@@ -24,6 +26,14 @@ class SDFField(nn.Module):
     start as ``|x| - init_radius`` (or its negation with ``inside_out``). It holds for any encoder
     whose output begins with the raw xyz: the first layer's other columns start at zero.
     An optional skip connection re-injects the encoding at ``skip_layer`` (IDR: layer 4).
+
+    ``grad_type`` chooses how the spatial gradient is computed: 'analytic' (autograd, through the
+    encoder's Jacobian when it has one) or 'finite_difference', central differences from 6 extra
+    SDF evaluations (Neuralangelo, Li et al., CVPR 2023). Their step h follows the finest active
+    level of a multi-level encoder, h = bound / resolution (half a cell, Neuralangelo's epsilon),
+    so it shrinks as levels are activated and the gradient smooths over the detail not yet
+    learnt; encoders without levels use ``fd_step``. Finite-difference gradients are plain
+    functions of the SDF, so losses on them need first-order backward only.
     """
 
     def __init__(
@@ -39,8 +49,13 @@ class SDFField(nn.Module):
         weight_norm: bool = True,
         inside_out: bool = False,
         skip_layer: int | None = None,
+        grad_type: str = "analytic",
+        fd_step: float = 1e-3,
     ) -> None:
         super().__init__()
+        if grad_type not in GRAD_TYPES:
+            raise ValueError(f"unknown grad_type {grad_type!r}; choose one of {', '.join(GRAD_TYPES)}")
+        self.grad_type, self.fd_step = grad_type, fd_step
         self.encoder = encoder
         self.feature_dim = feature_dim
         self.skip_layer = skip_layer
@@ -91,13 +106,61 @@ class SDFField(nn.Module):
         """(N, 3) -> (N,)."""
         return self.forward(x)[0]
 
-    def forward_with_gradient(self, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """sdf (N,), feature (N, C) and the spatial gradient of the sdf (N, 3).
+    def finite_difference_step(self) -> float:
+        """Step h of the finite differences: half a cell of the encoder's finest active level
+        (``bound / finest_active_resolution``) or ``fd_step`` for encoders without levels."""
+        resolution = getattr(self.encoder, "finest_active_resolution", None)
+        if resolution is None:
+            return self.fd_step
+        return float(getattr(self.encoder, "bound", 1.0)) / float(resolution)
 
-        With an encoder that provides its Jacobian the gradient is (d sdf / d enc) @ (d enc / d x):
-        autograd only differentiates the small MLP, never the encoder's gather.
+    def forward_with_gradient(self, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """sdf (N,), feature (N, C) and the spatial gradient of the sdf (N, 3), as ``grad_type`` says.
+
         ``create_graph`` keeps the gradient differentiable (eikonal and curvature losses).
         """
+        sdf, feature, grad, _ = self.forward_with_derivatives(x, create_graph)
+        return sdf, feature, grad
+
+    def forward_with_derivatives(self, x: torch.Tensor, create_graph: bool = True, laplacian: bool = False
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """sdf (N,), feature (N, C), gradient (N, 3) and, with ``laplacian``, the Laplacian (N,) or None.
+
+        The Laplacian (trace of the SDF's Hessian, twice its mean curvature on the level set where
+        |grad| = 1; Neuralangelo's curvature loss) is always the central second difference
+        sum_a (f(x + h e_a) + f(x - h e_a) - 2 f(x)) / h^2 on the 6-point stencil of
+        :meth:`finite_difference_step`: free with finite-difference gradients, 6 extra SDF
+        evaluations (no extra gradients) with analytic ones.
+        """
+        if self.grad_type == "finite_difference":
+            with torch.set_grad_enabled(create_graph):
+                h = self.finite_difference_step()
+                n = x.shape[0]
+                out = self._mlp(self.encoder(torch.cat([x, self._stencil(x, h)])))
+                sdf, feature = out[:n, 0], out[:n, 1:]
+                plus, minus = out[n:, 0].view(n, 6).split(3, dim=1)
+                grad = (plus - minus) / (2.0 * h)
+                lap = (plus + minus - 2.0 * sdf[:, None]).sum(-1) / h**2 if laplacian else None
+            return sdf, feature, grad, lap
+        sdf, feature, grad = self._analytic_gradient(x, create_graph)
+        lap = None
+        if laplacian:
+            with torch.set_grad_enabled(create_graph):
+                h = self.finite_difference_step()
+                plus, minus = self.sdf(self._stencil(x, h)).view(-1, 6).split(3, dim=1)
+                lap = (plus + minus - 2.0 * sdf[:, None]).sum(-1) / h**2
+        return sdf, feature, grad, lap
+
+    @staticmethod
+    def _stencil(x: torch.Tensor, h: float) -> torch.Tensor:
+        """(N, 3) -> (6 N, 3): x + h e_x, x + h e_y, x + h e_z, x - h e_x, x - h e_y, x - h e_z per point."""
+        eye = torch.eye(3, device=x.device, dtype=x.dtype) * h
+        return (x[:, None, :] + torch.cat([eye, -eye])).reshape(-1, 3)
+
+    def _analytic_gradient(self, x: torch.Tensor, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Autograd gradient. With an encoder that provides its Jacobian the gradient is
+        (d sdf / d enc) @ (d enc / d x): autograd only differentiates the small MLP, never the
+        encoder's gather."""
         with torch.enable_grad():
             if hasattr(self.encoder, "forward_with_jacobian"):
                 enc, jac = self.encoder.forward_with_jacobian(x)

@@ -25,7 +25,7 @@ class IDRModel(nn.Module):
         self.geometry, self.texture, self.tracer = geometry, texture, tracer
 
     def render(self, rays: RayBundle, object_mask: torch.Tensor | None, background: torch.Tensor,
-               create_graph: bool = False) -> dict[str, torch.Tensor]:
+               create_graph: bool = False, laplacian: bool = False) -> dict[str, torch.Tensor]:
         """Render rays (R of them). object_mask: (R,) bool or None (all rays in the mask);
         background: (R, 3) or (3,). ``create_graph`` makes the outputs differentiable (training): the
         surface points by IDR eq. 3, the normals and features with a differentiable gradient.
@@ -34,7 +34,8 @@ class IDRModel(nn.Module):
         the mask), ``opacity`` (R,) (hit as float), ``depth`` (R,) (0 off the surface), ``normal``
         (R, 3) (0 off the surface), ``min_sdf`` (R,) the SDF at the traced points, i.e. at the
         minimal-SDF point of the rays that are not ``hit`` (mask loss), and ``sample_grad`` (R, 3)
-        the SDF gradients at all traced points (eikonal loss).
+        the SDF gradients at all traced points (eikonal loss); with ``laplacian``, also
+        ``sample_laplacian`` (R,) the SDF Laplacians there (curvature loss).
         """
         n = len(rays)
         o, d = rays.origins, rays.directions
@@ -45,11 +46,14 @@ class IDRModel(nn.Module):
         if create_graph and idx.numel() > 0:
             surface = differentiable_surface_points(self.geometry.sdf, o[idx], d[idx], traced.t[idx])
             x = x.index_put((idx,), surface)
-        sdf, feature, grad = self.geometry.forward_with_gradient(x, create_graph=create_graph)
+        if laplacian:
+            sdf, feature, grad, lap = self.geometry.forward_with_derivatives(x, create_graph, laplacian=True)
+        else:
+            (sdf, feature, grad), lap = self.geometry.forward_with_gradient(x, create_graph=create_graph), None
         normal = F.normalize(grad[idx], dim=-1)
         colour = self.texture(x[idx], normal, d[idx], feature[idx])
         rgb = background.expand(n, 3).index_put((idx,), colour)
-        return {
+        out = {
             "rgb": rgb,
             "hit": hit,
             "opacity": hit.to(rgb.dtype),
@@ -58,6 +62,9 @@ class IDRModel(nn.Module):
             "min_sdf": sdf,
             "sample_grad": grad,
         }
+        if lap is not None:
+            out["sample_laplacian"] = lap
+        return out
 
 
 def mask_loss(min_sdf: torch.Tensor, hit: torch.Tensor, in_mask: torch.Tensor, alpha: float) -> torch.Tensor:

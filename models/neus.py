@@ -17,7 +17,9 @@ class NeuSModel(nn.Module):
     """SDF + colour fields rendered with NeuS weights along occupancy-grid samples.
 
     ``render`` returns per-ray ``rgb`` (R, 3), ``opacity`` (R,), ``depth`` (R,), ``normal`` (R, 3)
-    and, for the losses, the SDF gradients of every sample ``sample_grad`` (S, 3).
+    and, for the losses, the SDF gradients of every sample ``sample_grad`` (S, 3) (and their
+    Laplacians ``sample_laplacian`` (S,) when asked). The grid may be either back end of
+    :mod:`models.samplers`, or switched off (uniform samples in the bounding sphere).
     """
 
     def __init__(self, geometry: SDFField, texture: ColorField, variance: InverseVariance, grid: OccupancyGrid,
@@ -49,21 +51,22 @@ class NeuSModel(nn.Module):
             self.grid.update(self.cell_occupancy, fraction)
 
     def render(self, rays: RayBundle, background: torch.Tensor, cos_anneal_ratio: float = 1.0,
-               stratified: bool = False, create_graph: bool = False) -> dict[str, torch.Tensor]:
-        """Render rays. background: (R, 3) or (3,)."""
+               stratified: bool = False, create_graph: bool = False, laplacian: bool = False) -> dict[str, torch.Tensor]:
+        """Render rays. background: (R, 3) or (3,). ``laplacian`` adds the SDF Laplacian of every
+        sample, ``sample_laplacian`` (S,) (curvature loss)."""
         n = len(rays)
         samples = self.grid.sample(rays, self.step_size, stratified=stratified)
         idx = samples.ray_indices
         pts = samples.points(rays)
         dirs = rays.directions[idx]
-        sdf, feature, grad = self.geometry.forward_with_gradient(pts, create_graph=create_graph)
+        sdf, feature, grad, lap = self.geometry.forward_with_derivatives(pts, create_graph, laplacian)
         normals = F.normalize(grad, dim=-1)
         alpha = neus_alpha(sdf, grad, dirs, samples.t_ends - samples.t_starts, self.inv_s(), cos_anneal_ratio)
-        weights = packed_weights(alpha, idx)
+        weights = packed_weights(alpha, idx, n)
         colors = self.texture(pts, normals, dirs, feature)
         opacity = accumulate(weights, None, idx, n)
         rgb = accumulate(weights, colors, idx, n) + background * (1.0 - opacity[:, None])
-        return {
+        out = {
             "rgb": rgb,
             "opacity": opacity,
             "depth": accumulate(weights, samples.t_mids[:, None], idx, n)[:, 0],
@@ -71,3 +74,6 @@ class NeuSModel(nn.Module):
             "sample_grad": grad,
             "n_samples": torch.tensor(len(samples), device=rgb.device),
         }
+        if lap is not None:
+            out["sample_laplacian"] = lap
+        return out

@@ -1,8 +1,14 @@
-"""Ray sampling: packed samples marched through an occupancy grid inside the bounding sphere."""
+"""Ray sampling: packed samples marched through an occupancy grid inside the bounding sphere.
+
+Two back ends share one interface: :class:`OccupancyGrid` (pure PyTorch, any device) and
+:class:`NerfaccOccupancyGrid` (nerfacc's CUDA ray marching); :func:`make_occupancy_grid` picks one.
+"""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -40,11 +46,16 @@ class OccupancyGrid(nn.Module):
     occupied above ``threshold`` (as in Instant-NGP / nerfacc). An optional visual hull, carved from
     object masks, bounds the occupied cells for the whole run. Everything is a buffer, so the grid
     is saved in checkpoints.
+
+    With ``enabled`` false the grid is off: updates and carving do nothing and every cell stays
+    occupied, so :meth:`sample` marches uniformly through the bounding sphere.
     """
 
-    def __init__(self, resolution: int = 64, radius: float = 1.0, threshold: float = 0.01, decay: float = 0.95) -> None:
+    def __init__(self, resolution: int = 64, radius: float = 1.0, threshold: float = 0.01, decay: float = 0.95,
+                 enabled: bool = True) -> None:
         super().__init__()
         self.resolution, self.radius, self.threshold, self.decay = resolution, radius, threshold, decay
+        self.enabled = enabled
         r = resolution
         self.register_buffer("values", torch.ones(r, r, r))
         self.register_buffer("occupied", torch.ones(r, r, r, dtype=torch.bool))
@@ -75,6 +86,8 @@ class OccupancyGrid(nn.Module):
         ``fraction`` < 1 re-evaluates that share of them at random plus every occupied cell (as
         nerfacc does after its warm-up); the rest only decay.
         """
+        if not self.enabled:
+            return
         flat = self.values.view(-1)
         cells = self.hull.view(-1).nonzero()[:, 0]
         if fraction < 1.0:
@@ -99,6 +112,8 @@ class OccupancyGrid(nn.Module):
         Args:
             intrinsics: (N, 3, 3); c2w: (N, 4, 4); masks: (N, H, W) in [0, 1].
         """
+        if not self.enabled:
+            return
         centers = self.cell_centers()
         half_diag = 0.5 * math.sqrt(3.0) * self.cell_size
         outside_count = torch.zeros(centers.shape[0], dtype=torch.int64, device=centers.device)
@@ -127,7 +142,8 @@ class OccupancyGrid(nn.Module):
 
         Returns packed samples sorted by ray; rays that miss the sphere or occupied space get none.
         """
-        near, far, hit = intersect_sphere(rays.origins, rays.directions, self.radius)
+        # Sample distances are constants; gradients (e.g. to trainable cameras) flow through the points.
+        near, far, hit = intersect_sphere(rays.origins.detach(), rays.directions.detach(), self.radius)
         near = torch.where(hit, near, torch.zeros_like(near))
         far = torch.where(hit, far, torch.zeros_like(far))
         n_steps = max(1, int(math.ceil(float((far - near).max()) / step_size))) if len(rays) else 1
@@ -144,3 +160,81 @@ class OccupancyGrid(nn.Module):
         valid &= self.lookup(pts.reshape(-1, 3)).reshape(valid.shape)
         ray_idx, step_idx = valid.nonzero(as_tuple=True)
         return RaySamples(ray_idx, t0[ray_idx, step_idx], t1[ray_idx, step_idx])
+
+
+@functools.cache
+def nerfacc_or_none() -> ModuleType | None:
+    """The nerfacc module when it is installed (an optional GPU extra), else None."""
+    try:
+        import nerfacc
+    except ImportError:
+        return None
+    return nerfacc
+
+
+class NerfaccOccupancyGrid(OccupancyGrid):
+    """The same grid, marched by nerfacc's ``OccGridEstimator`` (Li et al., "NerfAcc", ICCV 2023).
+
+    Updates (EMA and threshold) and visual-hull carving are :class:`OccupancyGrid`'s; after each,
+    the estimator's ``binaries`` take the occupied cells and its ``occs`` the running values, -1
+    outside the hull (nerfacc's mark for cells never to be sampled or updated). Its ROI is the
+    grid's cube, one level, the same cell layout. The checkpoint holds the grid's own buffers only
+    (the estimator's are re-derived on loading), so checkpoints move freely between back ends.
+
+    :meth:`sample` runs ``OccGridEstimator.sampling`` on CUDA; elsewhere (the model is built on
+    the CPU and moved later, or trains on the CPU) it uses the PyTorch march, which takes the same
+    samples.
+    """
+
+    def __init__(self, resolution: int = 64, radius: float = 1.0, threshold: float = 0.01, decay: float = 0.95,
+                 enabled: bool = True) -> None:
+        super().__init__(resolution, radius, threshold, decay, enabled)
+        nerfacc = nerfacc_or_none()
+        if nerfacc is None:
+            raise ImportError("NerfaccOccupancyGrid needs nerfacc (pip install nerfacc==0.5.3)")
+        self.estimator = nerfacc.OccGridEstimator(roi_aabb=[-radius] * 3 + [radius] * 3, resolution=resolution, levels=1)
+        for name, buffer in list(self.estimator.named_buffers(recurse=False)):
+            self.estimator.register_buffer(name, buffer, persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_estimator())
+        self._sync_estimator()
+
+    @torch.no_grad()
+    def _sync_estimator(self) -> None:
+        self.estimator.binaries.copy_(self.occupied[None])
+        self.estimator.occs.copy_(torch.where(self.hull, self.values, -1.0).view(-1))
+
+    def update(self, occupancy_fn: Callable[[torch.Tensor], torch.Tensor], fraction: float = 1.0, chunk: int = 131072) -> None:
+        super().update(occupancy_fn, fraction, chunk)
+        self._sync_estimator()
+
+    def carve_visual_hull(self, intrinsics: torch.Tensor, c2w: torch.Tensor, masks: torch.Tensor,
+                          dilation: int = 4, tolerance: int = 0) -> None:
+        super().carve_visual_hull(intrinsics, c2w, masks, dilation, tolerance)
+        self._sync_estimator()
+
+    def sample(self, rays: RayBundle, step_size: float, stratified: bool = True, max_steps: int | None = None) -> RaySamples:
+        """As :meth:`OccupancyGrid.sample`, marched by nerfacc on CUDA (``max_steps`` is PyTorch-only)."""
+        if not self.occupied.is_cuda or max_steps is not None:
+            return super().sample(rays, step_size, stratified, max_steps)
+        near, far, hit = intersect_sphere(rays.origins, rays.directions, self.radius)
+        near = torch.where(hit, near, torch.zeros_like(near)).contiguous()
+        far = torch.where(hit, far, torch.zeros_like(far)).contiguous()
+        ray_indices, t_starts, t_ends = self.estimator.sampling(
+            rays.origins.contiguous(), rays.directions.contiguous(), t_min=near, t_max=far,
+            render_step_size=step_size, stratified=stratified)
+        return RaySamples(ray_indices.long(), t_starts, t_ends)
+
+
+GRID_BACKENDS = ("auto", "torch", "nerfacc")
+
+
+def make_occupancy_grid(backend: str = "auto", **kwargs) -> OccupancyGrid:
+    """An occupancy grid of the chosen back end: 'torch', 'nerfacc', or 'auto' (nerfacc when it is
+    importable and CUDA is available, else torch). The choice is made when the model is built,
+    on the CPU; the nerfacc grid marches with the PyTorch code until it is moved to a GPU.
+    ``kwargs`` go to the grid (resolution, radius, threshold, decay, enabled)."""
+    if backend not in GRID_BACKENDS:
+        raise ValueError(f"unknown grid backend {backend!r}; choose one of {', '.join(GRID_BACKENDS)}")
+    if backend == "auto":
+        backend = "nerfacc" if nerfacc_or_none() is not None and torch.cuda.is_available() else "torch"
+    return NerfaccOccupancyGrid(**kwargs) if backend == "nerfacc" else OccupancyGrid(**kwargs)

@@ -17,10 +17,11 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datasets.errors import InputError
 from datasets.scene import Scene
+from models.cameras import Similarity, pose_errors
 from models.mesh import extract_mesh, largest_component
 from models.metrics import psnr, silhouette_iou
 from models.rays import RayBundle, image_rays, pixel_rays
-from systems.mesh_io import save_mesh
+from systems.mesh_io import save_cameras, save_mesh
 
 BACKGROUNDS = ("black", "white", "random", "learned")
 
@@ -107,8 +108,8 @@ class BaseSystem(pl.LightningModule):
 
     # ----------------------------------------------------------- optimisation
     def param_groups(self) -> list[dict[str, Any]]:
-        """Adam groups with their own learning rates: encoder, geometry MLP, texture, and everything
-        outside the model (cameras, learned background) as ``other``. Subclasses add their own."""
+        """Adam groups with their own learning rates: encoder, geometry MLP, texture, camera (trainable
+        poses, ``lr_camera``) and everything else (learned background) as ``other``. Subclasses add their own."""
         o = self.optim
         geometry = self.model.geometry
         encoder_ids = {id(p) for p in geometry.encoder.parameters()}
@@ -116,7 +117,8 @@ class BaseSystem(pl.LightningModule):
             {"name": "encoder", "params": list(geometry.encoder.parameters()), "lr": o.get("lr_encoder", o["lr"])},
             {"name": "geometry", "params": [p for p in geometry.parameters() if id(p) not in encoder_ids], "lr": o.get("lr_geometry", o["lr"])},
             {"name": "texture", "params": list(self.model.texture.parameters()), "lr": o.get("lr_texture", o["lr"])},
-            {"name": "other", "params": [p for n, p in self.named_parameters() if not n.startswith("model.")], "lr": o.get("lr_camera", o["lr"])},
+            {"name": "camera", "params": list(self.cameras.parameters()), "lr": o.get("lr_camera", 1e-3)},
+            {"name": "other", "params": [p for n, p in self.named_parameters() if not n.startswith(("model.", "cameras."))], "lr": o["lr"]},
         ]
 
     def eikonal_loss(self, sample_grad: torch.Tensor, n_uniform: int) -> torch.Tensor:
@@ -132,13 +134,19 @@ class BaseSystem(pl.LightningModule):
         warmup = int(self.optim["warmup_steps"])
         horizon = self.optim["decay_steps"] or max(self.trainer.max_steps, warmup + 1)
         ratio = float(self.optim["final_lr_ratio"])
+        camera_warmup = int(self.optim.get("camera_warmup_steps", 0))
 
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
             return ratio ** (min(step - warmup, horizon - warmup) / max(horizon - warmup, 1))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        def camera_factor(step: int) -> float:
+            """Cameras wait for ``camera_warmup_steps`` steps (the scene settles first), then ramp up as long."""
+            return factor(step) * min(max(step - camera_warmup, 0) / max(camera_warmup, 1), 1.0) if camera_warmup else factor(step)
+
+        lambdas = [camera_factor if g["name"] == "camera" else factor for g in groups]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -156,7 +164,7 @@ class BaseSystem(pl.LightningModule):
         h, w = self.scene.hw
         s = self.eval_downscale
         hh, ww = h // s, w // s
-        intrinsics, c2w = self.cameras(torch.tensor([view], device=self.device))
+        intrinsics, c2w = self.view_cameras(torch.tensor([view], device=self.device))
         k = intrinsics[0].clone()
         k[:2] /= s
         rays = image_rays(k, c2w[0], hh, ww)
@@ -164,6 +172,29 @@ class BaseSystem(pl.LightningModule):
         chunks = [self.render_rays(RayBundle(o, d), bg) for o, d in zip(rays.origins.split(self.render_chunk), rays.directions.split(self.render_chunk))]
         out = {key: torch.cat([c[key].detach() for c in chunks]) for key in ("rgb", "opacity", "depth", "normal")}
         return {key: v.reshape(hh, ww, -1).squeeze(-1) for key, v in out.items()}
+
+    def frame_alignment(self) -> Similarity | None:
+        """With trainable cameras, the similarity from the learned frame to the reference frame
+        (fitted on the training views' centres); None with fixed cameras."""
+        return self.cameras.alignment(self.train_ids) if hasattr(self.cameras, "alignment") else None
+
+    def view_cameras(self, view_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Intrinsics (B, 3, 3) and c2w (B, 4, 4) to render views (B,) from. With trainable cameras
+        these are the reference poses mapped into the learned frame, so held-out views (whose poses
+        were never trained) are rendered where they really are."""
+        sim = self.frame_alignment()
+        intrinsics, c2w = self.cameras(view_ids)
+        if sim is None:
+            return intrinsics, c2w
+        return intrinsics, sim.inverse().poses(self.cameras.reference_c2w[view_ids])
+
+    def pose_metrics(self) -> dict[str, float]:
+        """Training-view pose errors after alignment (and those of the starting poses); empty with fixed cameras."""
+        if not hasattr(self.cameras, "errors"):
+            return {}
+        ids = self.train_ids
+        start = pose_errors(self.cameras.init_c2w[ids], self.cameras.reference_c2w[ids])
+        return {**self.cameras.errors(ids), **{f"{k}_init": v for k, v in start.items()}}
 
     def view_targets(self, view: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Ground-truth image (H', W', 3) and mask (H', W') of a view at the evaluation resolution."""
@@ -187,7 +218,7 @@ class BaseSystem(pl.LightningModule):
 
     def validation_step(self, view: int, batch_idx: int) -> None:
         metrics, out = self.evaluate_view(int(view))
-        for key, value in metrics.items():
+        for key, value in {**metrics, **self.pose_metrics()}.items():
             self.log(f"val/{key}", value, batch_size=1)
         if self.logger is not None and hasattr(self.logger.experiment, "add_image"):
             for key, image in visualise(out).items():
@@ -219,9 +250,25 @@ class BaseSystem(pl.LightningModule):
             return self.model.texture(vertices, normals, -normals, feature)
 
     def to_world(self, points: np.ndarray) -> np.ndarray:
-        """Normalised (P, 3) -> the dataset's original world frame (through scale_mat)."""
+        """Normalised (P, 3) -> the dataset's original world frame (through scale_mat). With trainable
+        cameras the points are first aligned from the learned frame to the reference one, so meshes
+        compare with those of fixed-camera runs."""
+        sim = self.frame_alignment()
+        if sim is not None:
+            points = sim.points(torch.from_numpy(points).to(sim.rotation)).double().cpu().numpy()
         m = self.scene.scale_mat
         return points @ m[:3, :3].T + m[:3, 3]
+
+    def export_cameras(self, path: str | Path) -> None:
+        """Write the learned cameras of all views, aligned to the reference frame, in the NeuS/IDR
+        input layout (``world_mat_i`` projecting world points, ``scale_mat_i`` the scene's)."""
+        ids = torch.arange(self.scene.n_views, device=self.device)
+        with torch.no_grad():
+            intrinsics, c2w = self.cameras(ids)
+            sim = self.frame_alignment()
+            if sim is not None:
+                c2w = sim.poses(c2w)
+        save_cameras(path, intrinsics.double().cpu().numpy(), c2w.double().cpu().numpy(), self.scene.scale_mat)
 
     def export_mesh(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Extract the zero level set and write it (world frame) to ``path``; returns world (vertices, faces)."""
@@ -250,6 +297,12 @@ def visualise(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     else:
         d = torch.zeros_like(depth)
     return {"rgb": rgb, "normal": normal, "depth": (d * 255).byte().cpu().numpy()}
+
+
+def curvature_loss(laplacian: torch.Tensor) -> torch.Tensor:
+    """Neuralangelo's curvature loss (Li et al., CVPR 2023): mean |Laplacian of the SDF| over the
+    given points, (S,) -> (); 0 without points."""
+    return laplacian.abs().mean() if laplacian.numel() else laplacian.sum()
 
 
 def log_scalars(module: pl.LightningModule, values: dict[str, float | torch.Tensor], prog_bar: tuple[str, ...] = ()) -> None:

@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from models.metrics import chamfer_distance, visible_in_masks
-from systems.mesh_io import load_reference
+from systems.mesh_io import atomic_write, load_reference
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -29,19 +29,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomically write ``data`` as JSON."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 class MeshExport(pl.Callback):
-    """Extracts the final mesh (world frame) when testing ends."""
+    """Extracts the final mesh (world frame) when testing ends, and writes trainable cameras to
+    ``cameras_path`` (NeuS/IDR layout) when the system has any."""
 
-    def __init__(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True) -> None:
+    def __init__(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True,
+                 cameras_path: str | Path | None = None) -> None:
         self.path, self.resolution, self.keep_largest, self.colors = Path(path), resolution, keep_largest, colors
+        self.cameras_path = None if cameras_path is None else Path(cameras_path)
+
+    def export(self, pl_module: pl.LightningModule) -> None:
+        pl_module.export_mesh(self.path, self.resolution, self.keep_largest, self.colors)
+        if self.cameras_path is not None and any(True for _ in pl_module.cameras.parameters()):
+            pl_module.export_cameras(self.cameras_path)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.export_mesh(self.path, self.resolution, self.keep_largest, self.colors)
+        self.export(pl_module)
 
 
 class Evaluation(pl.Callback):
@@ -84,6 +90,7 @@ class Evaluation(pl.Callback):
                 metrics[key] = float(np.mean(values))
         metrics["n_test_views"] = len(views)
         metrics["eval_downscale"] = int(pl_module.eval_downscale)
+        metrics.update(pl_module.pose_metrics())
         metrics.update(self.chamfer(pl_module))
         if self.mesh_path.exists():
             metrics["mesh"] = str(self.mesh_path)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from models.idr import IDRModel, mask_loss
 from models.rays import RayBundle
-from systems.base import BaseSystem, log_scalars
+from systems.base import BaseSystem, curvature_loss, log_scalars
 from systems.schedules import scheduled
 
 
@@ -21,7 +21,9 @@ class IDRSystem(BaseSystem):
     rays), ``mask`` ((1/a) BCE-with-logits of -a s* on the other rays, s* their minimal SDF; the
     sharpness a starts at ``alpha_init`` and is multiplied by ``alpha_factor`` at each step of
     ``alpha_milestones``; only with scene masks) and ``eikonal`` (on the traced points and
-    ``eikonal_points`` uniform points in the bounding cube). Without masks every ray is in the mask.
+    ``eikonal_points`` uniform points in the bounding cube) and ``curvature`` (Neuralangelo's, see
+    :func:`systems.base.curvature_loss`, on the surface points of the rays that hit). Without masks
+    every ray is in the mask.
     """
 
     model: IDRModel
@@ -29,7 +31,7 @@ class IDRSystem(BaseSystem):
     def __init__(self, model: IDRModel, *args: Any, n_rays: int = 1024, loss: dict | None = None, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
         self.n_rays = int(n_rays)
-        self.loss_cfg = {"rgb": 1.0, "mask": 100.0, "eikonal": 0.1, "eikonal_points": 512, "alpha_init": 50.0,
+        self.loss_cfg = {"rgb": 1.0, "mask": 100.0, "eikonal": 0.1, "curvature": 0.0, "eikonal_points": 512, "alpha_init": 50.0,
                          "alpha_factor": 2.0, "alpha_milestones": [], **(loss or {})}
 
     def alpha(self, step: int) -> float:
@@ -45,14 +47,16 @@ class IDRSystem(BaseSystem):
         n = self.n_rays
         rays, target, mask, bg = self.sample_rays(n)
         in_mask = mask > 0.5 if mask is not None else None
-        out = self.model.render(rays, in_mask, bg, create_graph=True)
+        w = {k: scheduled(self.loss_cfg[k], step) for k in ("rgb", "mask", "eikonal", "curvature")}
+        out = self.model.render(rays, in_mask, bg, create_graph=True, laplacian=w["curvature"] > 0)
         hit = out["hit"]
-        w = {k: scheduled(self.loss_cfg[k], step) for k in ("rgb", "mask", "eikonal")}
         losses = {"rgb": (out["rgb"][hit] - target[hit]).abs().sum() / n}
         if in_mask is not None and w["mask"] > 0:
             losses["mask"] = mask_loss(out["min_sdf"], hit, in_mask, self.alpha(step))
         if w["eikonal"] > 0:
             losses["eikonal"] = self.eikonal_loss(out["sample_grad"], int(self.loss_cfg["eikonal_points"]))
+        if w["curvature"] > 0:
+            losses["curvature"] = curvature_loss(out["sample_laplacian"][hit])
         total = sum(w[k] * v for k, v in losses.items())
 
         with torch.no_grad():

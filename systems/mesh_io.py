@@ -1,9 +1,10 @@
-"""Mesh files: atomic saving of extracted meshes and loading of reference (GT) geometry."""
+"""Result files: atomic writes of extracted meshes and refined cameras, and loading of reference (GT) geometry."""
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
 import secrets
+from pathlib import Path
 
 import numpy as np
 import trimesh
@@ -36,16 +37,44 @@ def save_mesh(path: str | Path, vertices: np.ndarray, faces: np.ndarray, colors:
         process=False,
     )
     data = mesh.export(file_type=path.suffix.lstrip(".").lower())
+    atomic_write(path, data.encode() if isinstance(data, str) else data)
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, sync it and rename it into place, so an
+    interrupted write never leaves a truncated file or a half-overwritten previous one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_cameras(path: str | Path, intrinsics: np.ndarray, c2w: np.ndarray, scale_mat: np.ndarray) -> None:
+    """Write cameras atomically in the NeuS/IDR ``cameras_sphere.npz`` layout: ``world_mat_i`` (4, 4)
+    projects world points to pixels and ``scale_mat_i`` maps the normalised frame to the world, so
+    ``world_mat_i @ scale_mat_i = K_i [R_i | t_i]`` for the normalised-frame pose.
+
+    Args:
+        intrinsics: (N, 3, 3); c2w: (N, 4, 4) normalised-frame camera-to-world; scale_mat: (4, 4).
+    """
+    arrays = {}
+    inv_scale = np.linalg.inv(scale_mat)
+    for i, (k, pose) in enumerate(zip(intrinsics, c2w)):
+        w2c = np.linalg.inv(pose)
+        projection = np.eye(4)
+        projection[:3, :4] = k @ w2c[:3, :4]
+        arrays[f"world_mat_{i}"] = projection @ inv_scale
+        arrays[f"scale_mat_{i}"] = np.asarray(scale_mat, dtype=np.float64)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
 
 
 def load_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:

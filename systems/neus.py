@@ -8,16 +8,16 @@ import torch.nn.functional as F
 
 from models.neus import NeuSModel
 from models.rays import RayBundle
-from systems.base import BaseSystem, log_scalars
+from systems.base import BaseSystem, curvature_loss, log_scalars
 from systems.schedules import scheduled
 
 
 class NeuSSystem(BaseSystem):
     """Trains a :class:`NeuSModel`.
 
-    Losses (each weight a constant or a schedule, see ``systems.schedules``): ``rgb_l1``,
-    ``rgb_mse``, ``eikonal`` (on ray samples and ``eikonal_points`` uniform points in the bounding
-    cube), ``mask`` (BCE of the opacity, used when the scene has masks).
+    Losses (each weight a constant or a schedule, see ``systems.schedules``): ``rgb_l1``, ``rgb_mse``, ``eikonal`` (on ray
+    samples and ``eikonal_points`` uniform points in the bounding cube), ``mask`` (BCE of the
+    opacity, used when the scene has masks), ``curvature`` (:func:`systems.base.curvature_loss` on the ray samples).
 
     The number of rays per step adapts so that the samples per step stay near
     ``rays.target_samples`` (instant-nsr-pl's dynamic batch size).
@@ -28,7 +28,8 @@ class NeuSSystem(BaseSystem):
     def __init__(self, model: NeuSModel, *args: Any, loss: dict | None = None, rays: dict | None = None,
                  cos_anneal_steps: int = 0, visual_hull: dict | None = None, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
-        self.loss_cfg = {"rgb_l1": 1.0, "rgb_mse": 0.0, "eikonal": 0.1, "mask": 0.1, "eikonal_points": 1024, **(loss or {})}
+        self.loss_cfg = {"rgb_l1": 1.0, "rgb_mse": 0.0, "eikonal": 0.1, "mask": 0.1, "curvature": 0.0, "eikonal_points": 1024,
+                         **(loss or {})}
         self.rays_cfg = {"initial": 512, "min": 64, "max": 8192, "target_samples": 65536, **(rays or {})}
         self.hull_cfg = {"enabled": True, "dilation": 4, "tolerance": 0, **(visual_hull or {})}
         self.cos_anneal_steps = cos_anneal_steps
@@ -40,7 +41,9 @@ class NeuSSystem(BaseSystem):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        if self.hull_cfg["enabled"] and self.scene.masks is not None and self.global_step == 0:
+        # Poses that are about to move would carve away parts of the object: no hull with trainable cameras.
+        fixed_cameras = not any(True for _ in self.cameras.parameters())
+        if self.hull_cfg["enabled"] and fixed_cameras and self.scene.masks is not None and self.global_step == 0:
             ids = self.train_ids
             intrinsics, c2w = self.cameras(ids)
             self.model.grid.carve_visual_hull(intrinsics, c2w, self.scene.masks[ids], int(self.hull_cfg["dilation"]), int(self.hull_cfg["tolerance"]))
@@ -55,8 +58,9 @@ class NeuSSystem(BaseSystem):
         step = self.global_step
         n = int(self.n_rays)
         rays, target, mask, bg = self.sample_rays(n)
-        out = self.model.render(rays, bg, self.cos_anneal_ratio(), stratified=True, create_graph=True)
         w = {k: scheduled(v, step) for k, v in self.loss_cfg.items() if k != "eikonal_points"}
+        out = self.model.render(rays, bg, self.cos_anneal_ratio(), stratified=True, create_graph=True,
+                                laplacian=w["curvature"] > 0)
         losses = {}
         if w["rgb_l1"] > 0:
             losses["rgb_l1"] = F.l1_loss(out["rgb"], target)
@@ -66,6 +70,8 @@ class NeuSSystem(BaseSystem):
             losses["eikonal"] = self.eikonal_loss(out["sample_grad"], int(self.loss_cfg["eikonal_points"]))
         if mask is not None and w["mask"] > 0:
             losses["mask"] = F.binary_cross_entropy(out["opacity"].clamp(1e-3, 1 - 1e-3), mask)
+        if w["curvature"] > 0:
+            losses["curvature"] = curvature_loss(out["sample_laplacian"])
         total = sum(w[k] * v for k, v in losses.items())
 
         n_samples = int(out["n_samples"])
@@ -82,3 +88,4 @@ class NeuSSystem(BaseSystem):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.n_rays = float(checkpoint.get("n_rays", self.n_rays))
+

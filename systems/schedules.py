@@ -1,13 +1,18 @@
 """Scalar schedules for loss weights and other hyper-parameters."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
 
-def scheduled(spec: float | Mapping, step: int) -> float:
-    """Value of ``spec`` at ``step``: a constant, or a mapping
+def scheduled(spec: float | Mapping | Sequence, step: int) -> float:
+    """Value of ``spec`` at ``step``: a constant; a mapping
     ``{start: a, end: b, start_step: s0, end_step: s1, kind: linear|exp}`` that holds ``a`` before
-    s0, ``b`` after s1 and interpolates in between (geometrically for ``exp``)."""
+    s0, ``b`` after s1 and interpolates in between (geometrically for ``exp``); or a list of these
+    whose values multiply, e.g. a linear warm-up times an exponential decay (Neuralangelo's
+    curvature weight)."""
+    if isinstance(spec, Sequence) and not isinstance(spec, str):
+        return math.prod(scheduled(s, step) for s in spec)
     if not isinstance(spec, Mapping):
         return float(spec)
     a, b = float(spec["start"]), float(spec["end"])

@@ -4,12 +4,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# nerfacc and torch.utils.cpp_extension JIT-compile CUDA code on first use (GPU machines only): keep
+# their build cache out of the home directory and shared between test sessions.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir(), "sdfrecon_torch_extensions"))
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # A tiny synthetic scene and budget for end-to-end runs of the CLI.
 TINY = [

@@ -158,3 +158,20 @@ def test_images_of_different_sizes(scene_copy: Path) -> None:
 def test_bad_test_views_and_downscale(scene_copy: Path) -> None:
     _raises(scene_copy, "dataset.test_views", "out of range", test_views=[7])
     _raises(scene_copy, "dataset.downscale", ">= 1", downscale=0)
+
+
+def test_refined_cameras_file_round_trips_as_the_start_poses(scene_copy: Path) -> None:
+    """Cameras written by ``save_cameras`` (the run's cameras_refined.npz) read back exactly, and a
+    scene folder's cameras_linear_init.npz becomes its starting poses for camera refinement."""
+    from models.cameras import perturb_poses
+    from systems.mesh_io import save_cameras
+
+    scene = load_npz_scene(str(scene_copy))
+    assert scene.init_c2w is None
+    start = perturb_poses(scene.c2w.double(), 2.0, 0.01, seed=3)
+    save_cameras(scene_copy / "cameras_linear_init.npz", scene.intrinsics.double().numpy(), start.numpy(), scene.scale_mat)
+    again = load_npz_scene(str(scene_copy))
+    np.testing.assert_allclose(again.init_c2w.numpy(), start.numpy(), atol=1e-5)
+    np.testing.assert_allclose(again.c2w.numpy(), scene.c2w.numpy())
+    with np.load(scene_copy / "cameras_linear_init.npz") as data:
+        np.testing.assert_allclose(data["scale_mat_0"], scene.scale_mat)

@@ -1,10 +1,17 @@
-"""The PyTorch occupancy grid: marching, updates, visual-hull carving."""
+"""Occupancy grids: marching, updates, visual-hull carving, the grid switched off, the nerfacc back end."""
 import math
 
+import pytest
 import torch
 
-from models.rays import RayBundle
-from models.samplers import OccupancyGrid
+from datasets.npz import load_npz_scene
+from datasets.synthetic import scene_sdf
+from models.rays import RayBundle, intersect_sphere
+from models.samplers import NerfaccOccupancyGrid, OccupancyGrid, make_occupancy_grid, nerfacc_or_none
+
+needs_nerfacc = pytest.mark.skipif(nerfacc_or_none() is None, reason="nerfacc (optional GPU extra) is not installed")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or nerfacc_or_none() is None,
+                                reason="nerfacc's ray marching needs CUDA and nerfacc")
 
 
 def random_rays(n: int) -> RayBundle:
@@ -70,3 +77,114 @@ def test_visual_hull_keeps_the_object_and_carves_space():
     assert grid.hull.view(-1)[surface_cells].all()
     assert grid.hull.float().mean() < 0.3  # most of space is carved
     assert not grid.hull.view(-1)[centres.norm(dim=-1) > 0.9].all()
+
+
+def shell_grid(grid: OccupancyGrid) -> OccupancyGrid:
+    grid.update(lambda p: (p.norm(dim=-1) - 0.4).abs().lt(0.1).float())
+    return grid
+
+
+def test_sampling_keeps_exactly_the_occupied_steps_inside_the_sphere():
+    torch.manual_seed(0)
+    grid = shell_grid(OccupancyGrid(resolution=32))
+    rays = random_rays(128)
+    step = 0.02
+    samples = grid.sample(rays, step, stratified=False)
+    # Reference: every step of the march from the sphere entry whose midpoint is in the sphere and in an occupied cell.
+    near, far, hit = intersect_sphere(rays.origins, rays.directions, 1.0)
+    expected = []
+    for i in range(len(rays)):
+        if hit[i]:
+            t0 = near[i] + step * torch.arange(int(math.ceil(float(far[i] - near[i]) / step)))
+            mids = t0 + step / 2
+            pts = rays.origins[i] + rays.directions[i] * mids[mids < far[i], None]
+            expected += [(i, float(t)) for t, keep in zip(t0, grid.lookup(pts)) if keep]
+    got = list(zip(samples.ray_indices.tolist(), samples.t_starts.tolist()))
+    assert len(got) == len(expected) > 100
+    assert all(a == b and abs(t - u) < 1e-5 for (a, t), (b, u) in zip(got, expected))
+
+
+def test_grid_off_samples_the_whole_chord_uniformly():
+    torch.manual_seed(0)
+    grid = OccupancyGrid(resolution=16, enabled=False)
+    grid.update(lambda p: torch.zeros(len(p)))  # no effect
+    grid.carve_visual_hull(torch.eye(3)[None], torch.eye(4)[None], torch.zeros(1, 8, 8))  # no effect
+    assert grid.occupied.all() and grid.hull.all()
+    rays = random_rays(64)
+    step = 0.05
+    samples = grid.sample(rays, step, stratified=False)
+    near, far, hit = intersect_sphere(rays.origins, rays.directions, 1.0)
+    counts = torch.bincount(samples.ray_indices, minlength=len(rays))
+    expected = torch.where(hit, torch.ceil((far - near) / step - 0.5), torch.zeros_like(far)).long()
+    assert torch.equal(counts, expected)
+    first = torch.searchsorted(samples.ray_indices, torch.arange(len(rays)))[hit]
+    torch.testing.assert_close(samples.t_starts[first], near[hit])
+    torch.testing.assert_close(samples.t_ends - samples.t_starts, torch.full((len(samples),), step))
+    last = first + counts[hit] - 1
+    assert (far[hit] - samples.t_mids[last] <= step).all() and (samples.t_mids[last] < far[hit]).all()
+
+
+def test_visual_hull_of_the_synthetic_scene_keeps_every_surface_cell(small_synthetic):
+    scene = load_npz_scene(str(small_synthetic))
+    grid = OccupancyGrid(resolution=48)
+    grid.carve_visual_hull(scene.intrinsics, scene.c2w, scene.masks, dilation=1)
+    centres = grid.cell_centers()
+    # |sdf(centre)| below half a cell: the nearest surface point lies inside the cell.
+    surface = scene_sdf(centres).abs() < grid.cell_size / 2
+    assert surface.sum() > 500
+    assert grid.hull.view(-1)[surface].all()
+    assert grid.hull.float().mean() < 0.25  # six views carve most of the cube
+
+
+def test_make_occupancy_grid_backends(monkeypatch):
+    assert type(make_occupancy_grid("torch", resolution=8)) is OccupancyGrid
+    expected = NerfaccOccupancyGrid if nerfacc_or_none() is not None and torch.cuda.is_available() else OccupancyGrid
+    assert type(make_occupancy_grid("auto", resolution=8, enabled=False)) is expected
+    assert not make_occupancy_grid("torch", resolution=8, enabled=False).enabled
+    with pytest.raises(ValueError, match="backend"):
+        make_occupancy_grid("taichi")
+    monkeypatch.setattr("models.samplers.nerfacc_or_none", lambda: None)
+    assert type(make_occupancy_grid("auto", resolution=8)) is OccupancyGrid
+    with pytest.raises(ImportError, match="nerfacc"):
+        make_occupancy_grid("nerfacc", resolution=8)
+
+
+@needs_nerfacc
+def test_nerfacc_grid_mirrors_the_torch_grid():
+    torch.manual_seed(0)
+    grid = NerfaccOccupancyGrid(resolution=16, threshold=0.5, decay=0.5)
+    reference = OccupancyGrid(resolution=16, threshold=0.5, decay=0.5)
+    assert grid.state_dict().keys() == reference.state_dict().keys()  # checkpoints move between back ends
+    hull = grid.cell_centers().norm(dim=-1).lt(0.7).view(16, 16, 16)
+    grid.hull.copy_(hull)  # as a carving would leave it
+    grid.update(lambda p: (p[:, 0] > 0).float())
+    assert torch.equal(grid.estimator.binaries[0], grid.occupied)
+    assert grid.occupied.any() and not grid.occupied[~hull].any()
+    assert (grid.estimator.occs.view(16, 16, 16)[~hull] == -1).all()
+    torch.testing.assert_close(grid.estimator.occs.view(16, 16, 16)[hull], grid.values[hull])
+    grid.update(lambda p: torch.ones(len(p)), fraction=0.2)  # later updates stay inside the hull
+    assert not grid.estimator.binaries[0][~hull].any()
+    reference.load_state_dict(grid.state_dict())
+    restored = NerfaccOccupancyGrid(resolution=16)
+    restored.load_state_dict(reference.state_dict())
+    assert torch.equal(restored.estimator.binaries[0], grid.occupied)
+    rays = random_rays(64)
+    ours, theirs = grid.sample(rays, 0.03, stratified=False), reference.sample(rays, 0.03, stratified=False)  # CPU: PyTorch march
+    assert torch.equal(ours.ray_indices, theirs.ray_indices) and torch.equal(ours.t_starts, theirs.t_starts)
+
+
+@needs_cuda
+def test_nerfacc_marching_matches_the_torch_march():
+    torch.manual_seed(0)
+    grid = shell_grid(NerfaccOccupancyGrid(resolution=32)).cuda()
+    rays = random_rays(512)
+    rays = RayBundle(rays.origins.cuda(), rays.directions.cuda())
+    ours = grid.sample(rays, 0.01, stratified=False)
+    theirs = OccupancyGrid.sample(grid, rays, 0.01, stratified=False)
+    assert len(ours) > 1000
+    # Same march, but nerfacc accumulates t in float32: a step may flip at a cell face.
+    assert abs(len(ours) - len(theirs)) <= 0.01 * len(theirs)
+    assert grid.lookup(ours.points(rays)).float().mean() > 0.999
+    assert (ours.points(rays).norm(dim=-1) <= 1.0 + 1e-4).all()
+    counts = torch.bincount(ours.ray_indices, minlength=512) - torch.bincount(theirs.ray_indices, minlength=512)
+    assert counts.abs().max() <= 2

@@ -70,7 +70,7 @@ def test_training_step(masks):
     texture_grad = sum(p.grad.abs().sum() for p in system.model.texture.parameters() if p.grad is not None)
     assert geometry_grad > 0 and texture_grad > 0
     names = [g["name"] for g in system.param_groups()]
-    assert names == ["encoder", "geometry", "texture", "other"]
+    assert names == ["encoder", "geometry", "texture", "camera", "other"]
 
 
 @pytest.mark.parametrize("system_name", ["idr", "neus"])

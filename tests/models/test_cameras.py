@@ -1,0 +1,121 @@
+import math
+
+import pytest
+import torch
+
+from models.cameras import (
+    FixedCameras,
+    Similarity,
+    TrainableCameras,
+    matrix_to_quaternion,
+    perturb_poses,
+    pose_errors,
+    quaternion_to_matrix,
+    rotation_angle_deg,
+    so3_exp,
+    umeyama,
+)
+from models.rays import pixel_rays
+
+
+def random_rotations(n: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    return quaternion_to_matrix(q)
+
+
+def ring_of_cameras(n: int = 12) -> torch.Tensor:
+    """c2w (n, 4, 4) on a tilted ring at distance ~3 looking at the origin."""
+    poses = []
+    for i in range(n):
+        a = 2 * math.pi * i / n
+        centre = torch.tensor([3 * math.cos(a), 3 * math.sin(a), 0.8 + 0.3 * math.sin(3 * a)], dtype=torch.float64)
+        forward = -centre / centre.norm()
+        right = torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+        right = right / right.norm()
+        down = torch.linalg.cross(forward, right)
+        c2w = torch.eye(4, dtype=torch.float64)
+        c2w[:3, :3] = torch.stack([right, down, forward], 1)
+        c2w[:3, 3] = centre
+        poses.append(c2w)
+    return torch.stack(poses)
+
+
+def test_quaternion_round_trips_including_half_turns():
+    rots = torch.cat([random_rotations(500), so3_exp(torch.tensor([[math.pi, 0, 0], [0, math.pi, 0], [0, 0, math.pi]],
+                                                                  dtype=torch.float64)), torch.eye(3, dtype=torch.float64)[None]])
+    q = matrix_to_quaternion(rots)
+    assert torch.allclose(q.norm(dim=-1), torch.ones(len(q), dtype=torch.float64))
+    assert torch.allclose(quaternion_to_matrix(q), rots, atol=1e-12)
+    q2 = matrix_to_quaternion(quaternion_to_matrix(q))
+    assert torch.allclose(q2, q, atol=1e-12)  # both scalar-first and non-negative: the same sign
+
+
+def test_so3_exp_is_a_rotation_by_the_vector_norm_with_finite_gradient_at_zero():
+    w = torch.randn(64, 3, dtype=torch.float64)
+    r = so3_exp(w)
+    assert torch.allclose(r @ r.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(64, 3, 3), atol=1e-12)
+    small = torch.randn(16, 3, dtype=torch.float64) * 0.5
+    assert torch.allclose(rotation_angle_deg(torch.eye(3, dtype=torch.float64).expand(16, 3, 3), so3_exp(small)),
+                          torch.rad2deg(small.norm(dim=-1)), atol=1e-6)
+    zero = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(so3_exp, (zero,))
+    assert torch.autograd.gradcheck(so3_exp, (torch.randn(2, 3, dtype=torch.float64, requires_grad=True),))
+
+
+def test_umeyama_recovers_a_known_similarity_exactly():
+    src = torch.randn(20, 3, dtype=torch.float64)
+    truth = Similarity(torch.tensor(2.5, dtype=torch.float64), random_rotations(1, seed=3)[0], torch.tensor([0.3, -1.0, 4.0], dtype=torch.float64))
+    sim = umeyama(src, truth.points(src))
+    assert float(sim.scale) == pytest.approx(2.5, abs=1e-12)
+    assert torch.allclose(sim.rotation, truth.rotation, atol=1e-12)
+    assert torch.allclose(sim.translation, truth.translation, atol=1e-12)
+    back = sim.inverse().points(truth.points(src))
+    assert torch.allclose(back, src, atol=1e-12)
+
+
+def test_perturbation_has_the_requested_size_and_is_seeded():
+    ref = ring_of_cameras()
+    noisy = perturb_poses(ref, 3.0, 0.02, seed=7)
+    assert torch.allclose(rotation_angle_deg(ref[:, :3, :3], noisy[:, :3, :3]), torch.full((12,), 3.0, dtype=torch.float64), atol=1e-9)
+    moved = (noisy[:, :3, 3] - ref[:, :3, 3]).norm(dim=-1) / ref[:, :3, 3].norm(dim=-1)
+    assert torch.allclose(moved, torch.full((12,), 0.02, dtype=torch.float64), atol=1e-12)
+    assert torch.equal(noisy, perturb_poses(ref, 3.0, 0.02, seed=7))
+    assert not torch.equal(noisy, perturb_poses(ref, 3.0, 0.02, seed=8))
+
+
+def test_pose_errors_ignore_a_global_similarity():
+    ref = ring_of_cameras()
+    sim = Similarity(torch.tensor(0.7, dtype=torch.float64), random_rotations(1, seed=5)[0], torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64))
+    errors = pose_errors(sim.poses(ref), ref)
+    assert errors["rotation_error_deg"] < 1e-5 and errors["centre_error"] < 1e-10
+    noisy = perturb_poses(ref, 2.0, 0.0, seed=1)
+    assert pose_errors(sim.poses(noisy), ref)["rotation_error_deg"] > 1.0
+
+
+@pytest.mark.parametrize("rotation", ["so3", "quaternion"])
+def test_trainable_cameras_start_at_the_noisy_poses_and_receive_ray_gradients(rotation):
+    ref = ring_of_cameras().float()
+    k = torch.tensor([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]]).expand(12, 3, 3)
+    cams = TrainableCameras(k, ref, noise={"rotation_deg": 3.0, "translation": 0.02, "seed": 2}, rotation=rotation, refine_focal=True)
+    ids = torch.arange(12)
+    intrinsics, c2w = cams(ids)
+    assert torch.allclose(c2w, perturb_poses(ref, 3.0, 0.02, seed=2), atol=1e-5)
+    assert torch.allclose(intrinsics, k)
+    assert cams.errors(ids)["rotation_error_deg"] > 2.0
+    rays = pixel_rays(intrinsics, c2w, torch.full((12,), 10.0), torch.full((12,), 20.0))
+    (rays.origins.sum() + rays.directions.pow(2).sum(-1).mul(torch.arange(12)).sum() + rays.directions[:, 0].sum()).backward()
+    assert cams.rotation_param.grad.abs().sum() > 0 and cams.centre_param.grad.abs().sum() > 0
+    assert cams.log_focal.grad.abs().sum() > 0
+
+
+def test_trainable_cameras_use_the_scene_start_file_and_fixed_cameras_pass_through():
+    ref = ring_of_cameras().float()
+    k = torch.eye(3).expand(12, 3, 3)
+    start = perturb_poses(ref, 1.0, 0.0, seed=4)
+    cams = TrainableCameras(k, ref, init_c2w=start, noise={"rotation_deg": 5.0})
+    assert torch.allclose(cams(torch.arange(12))[1], start, atol=1e-6)
+    ignored = TrainableCameras(k, ref, init_c2w=start, use_init_file=False)
+    assert torch.allclose(ignored(torch.arange(12))[1], ref)
+    fixed = FixedCameras(k, ref)
+    assert torch.equal(fixed(torch.tensor([3]))[1][0], ref[3]) and not list(fixed.parameters())
