@@ -1,17 +1,34 @@
 """Multiresolution hash encoding (Mueller et al., "Instant Neural Graphics Primitives", SIGGRAPH 2022)
-in pure PyTorch, with an analytic input Jacobian and coarse-to-fine level activation."""
+in pure PyTorch, with an analytic input Jacobian, coarse-to-fine level activation and an optional
+tiny-cuda-nn backend."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from models.encoders.fused_hashgrid import fused_available, fused_hash_encode
+from models.encoders.progressive import ProgressiveLevels
+from models.encoders.tcnn import TcnnHashGrid, resolve_backend
 
 # Spatial-hash primes of Instant-NGP (the first is 1 so that coherent x stays cache friendly).
 _PRIMES = (1, 2654435761, 805459861)
 
 
-class HashGridEncoder(nn.Module):
+def level_growth(n_levels: int, base_resolution: int, finest_resolution: int) -> float:
+    """Per-level resolution factor b with ``base_resolution * b**(L-1) = finest_resolution``."""
+    return math.exp((math.log(finest_resolution) - math.log(base_resolution)) / max(n_levels - 1, 1))
+
+
+def level_resolutions(n_levels: int, base_resolution: int, finest_resolution: int) -> list[int]:
+    """Cells per axis of each level, ``floor(base_resolution * b**l)``."""
+    growth = level_growth(n_levels, base_resolution, finest_resolution)
+    return [int(math.floor(base_resolution * growth**level)) for level in range(n_levels)]
+
+
+class HashGridEncoder(ProgressiveLevels):
     """(N, 3) points in [-bound, bound]^3 -> (N, 3 + n_levels * n_features) = [x, level features].
 
     Level l has ``base_resolution * b**l`` cells per axis, b chosen so the last level has
@@ -23,9 +40,17 @@ class HashGridEncoder(nn.Module):
     ``compile`` wraps the Jacobian path in ``torch.compile`` (dynamic shapes): about 1.5-2x faster
     on the CPU after a one-off compilation of 10-60 s (cached by PyTorch across runs).
 
-    Progressive activation (Neuralangelo / instant-nsr-pl): ``start_level`` levels are active at
-    step 0 and one more every ``steps_per_level`` steps; inactive levels output zero and receive no
-    gradient (they are masked, not sliced, so shapes stay static).
+    Progressive activation (``ProgressiveLevels``): ``start_level`` levels are active at step 0 and
+    one more every ``steps_per_level`` steps; inactive levels output zero and receive no gradient.
+
+    On CUDA with Triton (PyTorch's CUDA builds ship it), ``forward`` (the path of SDF values and of
+    finite-difference gradients) runs the fused kernel of ``models.encoders.fused_hashgrid``; it
+    has no double backward, which only the autograd-normal path would need, and that path uses
+    ``forward_with_jacobian`` here.
+
+    ``backend``: 'torch' (this file), 'tcnn' (tiny-cuda-nn's fused kernels, ``TcnnHashGrid``; no
+    analytic Jacobian, so fields fall back to autograd) or 'auto' (tcnn when tinycudann imports and
+    CUDA is available).
     """
 
     def __init__(
@@ -40,49 +65,32 @@ class HashGridEncoder(nn.Module):
         start_level: int | None = None,
         steps_per_level: int = 0,
         compile: bool = False,
+        backend: str = "torch",
     ) -> None:
-        super().__init__()
-        self.n_levels, self.n_features, self.bound = n_levels, n_features, bound
+        resolutions = level_resolutions(n_levels, base_resolution, finest_resolution)
+        super().__init__(resolutions, start_level, steps_per_level)
+        self.n_features, self.bound = n_features, bound
         self.out_dim = 3 + n_levels * n_features
-        self.start_level = n_levels if start_level is None else min(start_level, n_levels)
-        self.steps_per_level = steps_per_level
-        growth = math.exp((math.log(finest_resolution) - math.log(base_resolution)) / max(n_levels - 1, 1))
+        self.backend = resolve_backend(backend)
+        if self.backend == "tcnn":
+            growth = level_growth(n_levels, base_resolution, finest_resolution)
+            self.tcnn = TcnnHashGrid(n_levels, n_features, log2_table_size, base_resolution, growth, bound)
+            return
         table = self.table_size = 2**log2_table_size
-        resolutions, sizes, dense = [], [], []
-        for level in range(n_levels):
-            res = int(math.floor(base_resolution * growth**level))
+        sizes, dense = [], []
+        for res in resolutions:
             n_vertices = (res + 1) ** 3
-            resolutions.append(res)
             dense.append(n_vertices <= table)
             sizes.append(min(n_vertices, table))
         offsets = [0] + list(torch.tensor(sizes).cumsum(0)[:-1].tolist())
-        self.register_buffer("resolutions", torch.tensor(resolutions, dtype=torch.float32), persistent=False)
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int64), persistent=False)
         self.n_dense = sum(dense)  # dense levels are the coarsest ones, a prefix
         self.register_buffer("strides", torch.stack(
             [torch.ones(n_levels, dtype=torch.int64), torch.tensor(resolutions) + 1, (torch.tensor(resolutions) + 1) ** 2], -1
         ), persistent=False)
         self.register_buffer("primes", torch.tensor(_PRIMES, dtype=torch.int64), persistent=False)
-        self.register_buffer("n_active", torch.tensor(self.start_level, dtype=torch.int64))
         self.table = nn.Parameter(torch.empty(sum(sizes), n_features).uniform_(-init_scale, init_scale))
         self._jacobian_impl = torch.compile(self._encode_with_jacobian, dynamic=True) if compile else self._encode_with_jacobian
-
-    @property
-    def level_mask(self) -> torch.Tensor:
-        """(L,) 1 for active levels, 0 for inactive ones."""
-        return (torch.arange(self.n_levels, device=self.n_active.device) < self.n_active).to(self.table.dtype)
-
-    def set_active_levels(self, n: int) -> None:
-        self.n_active.fill_(max(1, min(int(n), self.n_levels)))
-
-    def update_step(self, epoch: int, step: int) -> None:
-        """Activate levels coarse to fine with the training step."""
-        if self.steps_per_level > 0:
-            self.set_active_levels(self.start_level + step // self.steps_per_level)
-
-    @property
-    def finest_active_resolution(self) -> float:
-        return float(self.resolutions[int(self.n_active) - 1])
 
     def _corners(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Table rows of the 8 cell corners (N, L, 8), per-axis linear weights (N, L, 3, 2) and
@@ -119,12 +127,24 @@ class HashGridEncoder(nn.Module):
         return torch.cat([x, out.reshape(x.shape[0], self.n_levels * self.n_features)], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "tcnn":
+            feats = self.tcnn(x).reshape(x.shape[0], self.n_levels, self.n_features) * self.level_mask[None, :, None]
+            return torch.cat([x, feats.reshape(x.shape[0], self.n_levels * self.n_features)], dim=-1)
+        if x.is_cuda and x.dtype == torch.float32 and fused_available(x.device):
+            # One Triton kernel for the gather + interpolation and its first-order backward.
+            feats = fused_hash_encode(x, self.table, self.resolutions, self.offsets, self.n_dense, self.table_size,
+                                      self.level_mask, self.bound)
+            return torch.cat([x, feats], dim=-1)
         idx, w, _ = self._corners(x)
         return self._interpolate(x, self.table[idx], self._combine(w[:, :, 0], w[:, :, 1], w[:, :, 2]))
 
-    def forward_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoding (N, D) and its Jacobian w.r.t. x, (N, D, 3), from one set of corner lookups."""
-        return self._jacobian_impl(x)
+    @property
+    def forward_with_jacobian(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``x (N, 3) -> (encoding (N, D), its Jacobian w.r.t. x (N, D, 3))`` from one set of corner
+        lookups. Absent (AttributeError) on the tcnn backend, so fields use autograd there."""
+        if self.backend == "tcnn":
+            raise AttributeError("the tcnn backend has no analytic Jacobian")
+        return self._jacobian_impl
 
     def _encode_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx, w, dw = self._corners(x)
