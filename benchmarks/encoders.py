@@ -28,7 +28,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.quality import device_name  # noqa: E402
+from benchmarks.quality import device_name, publish  # noqa: E402
 
 ENCODERS = ["frequency", "hashgrid", "nffb", "stylemod_nffb"]
 SCENES = {
@@ -122,10 +122,7 @@ def main() -> None:
     commands_md = "\n".join(f"- `python {' '.join(c for c in cmd if not c.startswith('hydra.sweep.dir='))}`" for cmd in commands.values())
     report = (f"\n### Encoders, {date.today()}, commit {commit}, {device_name()}\n\nTraining budget per encoder: {budget}.\n\n"
               f"{table(args.encoders, results)}\n\nCommands:\n\n{commands_md}\n")
-    print(report)
-    if not args.no_append:
-        with open(ROOT / "docs" / "BENCHMARKS.md", "a") as f:
-            f.write(report)
+    publish(report, append=not args.no_append)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.quality import device_name  # noqa: E402
+from benchmarks.quality import device_name, publish  # noqa: E402
 from models.encoders import HashGridEncoder  # noqa: E402
 from models.encoders.fused_hashgrid import fused_available, fused_hash_encode  # noqa: E402
 from models.encoders.hashgrid import level_growth  # noqa: E402
@@ -105,7 +105,6 @@ def main() -> None:
             with torch.no_grad():
                 diff = "-" if name != "fused (triton)" else f"{(encode(x) - reference).abs().max().item():.1e}"
             rows.append(dict(name=name, log2_n=log2_n, ms=ms, speedup=baseline / ms, diff=diff))
-        del x, grad, reference
         torch.cuda.empty_cache()
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -116,10 +115,7 @@ def main() -> None:
                 + (" and the points" if args.x_grad else ""))
     report = (f"\n### Fused hash-grid encoding, {date.today()}, commit {commit}, {device_name()}\n\n"
               f"{settings}; `{command.strip()}`\n\n{table(rows)}\n")
-    print(report)
-    if not args.no_append:
-        with open(ROOT / "docs" / "BENCHMARKS.md", "a") as f:
-            f.write(report)
+    publish(report, append=not args.no_append)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,14 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join([head, *lines])
 
 
+def publish(report: str, append: bool = True) -> None:
+    """Print a benchmark report and, with ``append``, add it to docs/BENCHMARKS.md."""
+    print(report)
+    if append:
+        with open(ROOT / "docs" / "BENCHMARKS.md", "a") as f:
+            f.write(report)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", nargs="+", default=["synthetic"], choices=sorted(JOBS))
@@ -80,10 +88,7 @@ def main() -> None:
     rows = {name: run(name, args.overrides, args.out) for name in jobs}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     report = f"\n### Quality, {date.today()}, commit {commit}, {device_name()}\n\n{table(rows)}\n"
-    print(report)
-    if not args.no_append:
-        with open(ROOT / "docs" / "BENCHMARKS.md", "a") as f:
-            f.write(report)
+    publish(report, append=not args.no_append)
 
 
 if __name__ == "__main__":

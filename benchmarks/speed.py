@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 import launch  # noqa: E402
-from benchmarks.quality import device_name, run as run_job  # noqa: E402
+from benchmarks.quality import device_name, publish, run as run_job  # noqa: E402
 
 
 def scene(scale: int, views: int) -> list[str]:
@@ -181,10 +181,7 @@ def main() -> None:
         runs = {"grid-on": run_job("synthetic", args.overrides, args.out / "grid_on"),
                 "grid-off": run_job("synthetic", [*args.overrides, GRID_OFF], args.out / "grid_off")}
         report += f"\n{chamfer_table(runs)}\n"
-    print(report)
-    if not args.no_append:
-        with open(ROOT / "docs" / "BENCHMARKS.md", "a") as f:
-            f.write(report)
+    publish(report, append=not args.no_append)
 
 
 if __name__ == "__main__":
