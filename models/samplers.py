@@ -137,15 +137,18 @@ class OccupancyGrid(nn.Module):
         self.hull.copy_((outside_count <= tolerance).reshape(self.hull.shape))
         self.occupied &= self.hull
 
+    def ray_range(self, rays: RayBundle) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each ray enters and leaves the bounding sphere, (R,) each (0 and 0 for a miss).
+        Sample distances are constants: gradients (e.g. to trainable cameras) flow through the points."""
+        near, far, hit = intersect_sphere(rays.origins.detach(), rays.directions.detach(), self.radius)
+        return torch.where(hit, near, torch.zeros_like(near)), torch.where(hit, far, torch.zeros_like(far))
+
     def sample(self, rays: RayBundle, step_size: float, stratified: bool = True, max_steps: int | None = None) -> RaySamples:
         """March each ray through the bounding sphere with a fixed step, keeping occupied samples.
 
         Returns packed samples sorted by ray; rays that miss the sphere or occupied space get none.
         """
-        # Sample distances are constants; gradients (e.g. to trainable cameras) flow through the points.
-        near, far, hit = intersect_sphere(rays.origins.detach(), rays.directions.detach(), self.radius)
-        near = torch.where(hit, near, torch.zeros_like(near))
-        far = torch.where(hit, far, torch.zeros_like(far))
+        near, far = self.ray_range(rays)
         n_steps = max(1, int(math.ceil(float((far - near).max()) / step_size))) if len(rays) else 1
         if max_steps is not None:
             n_steps = min(n_steps, max_steps)
@@ -216,11 +219,9 @@ class NerfaccOccupancyGrid(OccupancyGrid):
         """As :meth:`OccupancyGrid.sample`, marched by nerfacc on CUDA (``max_steps`` is PyTorch-only)."""
         if not self.occupied.is_cuda or max_steps is not None:
             return super().sample(rays, step_size, stratified, max_steps)
-        near, far, hit = intersect_sphere(rays.origins, rays.directions, self.radius)
-        near = torch.where(hit, near, torch.zeros_like(near)).contiguous()
-        far = torch.where(hit, far, torch.zeros_like(far)).contiguous()
+        near, far = self.ray_range(rays)
         ray_indices, t_starts, t_ends = self.estimator.sampling(
-            rays.origins.contiguous(), rays.directions.contiguous(), t_min=near, t_max=far,
+            rays.origins.detach().contiguous(), rays.directions.detach().contiguous(), t_min=near.contiguous(), t_max=far.contiguous(),
             render_step_size=step_size, stratified=stratified)
         return RaySamples(ray_indices.long(), t_starts, t_ends)
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datasets.errors import InputError
 from datasets.scene import Scene
-from models.cameras import Similarity, pose_errors
+from models.cameras import Similarity, TrainableCameras, pose_errors
 from models.mesh import extract_mesh, largest_component
 from models.metrics import psnr, silhouette_iou
 from models.rays import RayBundle, image_rays, pixel_rays
@@ -173,10 +173,15 @@ class BaseSystem(pl.LightningModule):
         out = {key: torch.cat([c[key].detach() for c in chunks]) for key in ("rgb", "opacity", "depth", "normal")}
         return {key: v.reshape(hh, ww, -1).squeeze(-1) for key, v in out.items()}
 
+    @property
+    def trainable_cameras(self) -> bool:
+        """Whether the poses are optimised (:class:`TrainableCameras`, with reference poses to align to)."""
+        return isinstance(self.cameras, TrainableCameras)
+
     def frame_alignment(self) -> Similarity | None:
         """With trainable cameras, the similarity from the learned frame to the reference frame
         (fitted on the training views' centres); None with fixed cameras."""
-        return self.cameras.alignment(self.train_ids) if hasattr(self.cameras, "alignment") else None
+        return self.cameras.alignment(self.train_ids) if self.trainable_cameras else None
 
     def view_cameras(self, view_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Intrinsics (B, 3, 3) and c2w (B, 4, 4) to render views (B,) from. With trainable cameras
@@ -190,7 +195,7 @@ class BaseSystem(pl.LightningModule):
 
     def pose_metrics(self) -> dict[str, float]:
         """Training-view pose errors after alignment (and those of the starting poses); empty with fixed cameras."""
-        if not hasattr(self.cameras, "errors"):
+        if not self.trainable_cameras:
             return {}
         ids = self.train_ids
         start = pose_errors(self.cameras.init_c2w[ids], self.cameras.reference_c2w[ids])

@@ -43,7 +43,7 @@ class MeshExport(pl.Callback):
 
     def export(self, pl_module: pl.LightningModule) -> None:
         pl_module.export_mesh(self.path, self.resolution, self.keep_largest, self.colors)
-        if self.cameras_path is not None and any(True for _ in pl_module.cameras.parameters()):
+        if self.cameras_path is not None and pl_module.trainable_cameras:
             pl_module.export_cameras(self.cameras_path)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -42,8 +42,7 @@ class NeuSSystem(BaseSystem):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         # Poses that are about to move would carve away parts of the object: no hull with trainable cameras.
-        fixed_cameras = not any(True for _ in self.cameras.parameters())
-        if self.hull_cfg["enabled"] and fixed_cameras and self.scene.masks is not None and self.global_step == 0:
+        if self.hull_cfg["enabled"] and not self.trainable_cameras and self.scene.masks is not None and self.global_step == 0:
             ids = self.train_ids
             intrinsics, c2w = self.cameras(ids)
             self.model.grid.carve_visual_hull(intrinsics, c2w, self.scene.masks[ids], int(self.hull_cfg["dilation"]), int(self.hull_cfg["tolerance"]))
