@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datasets.errors import InputError
 from models.idr import IDRModel
 from models.ray_tracing import SphereTracer
 from models.rays import RayBundle, image_rays
@@ -146,7 +147,8 @@ def transfer(geometry_system: BaseSystem, appearance_system: BaseSystem, out_dir
     """
     geometry, texture = geometry_system.model.geometry, appearance_system.model.texture
     if geometry.feature_dim != appearance_system.model.geometry.feature_dim:
-        raise ValueError(f"feature sizes differ: geometry {geometry.feature_dim}, appearance {appearance_system.model.geometry.feature_dim}")
+        raise InputError("appearance_run", f"its geometry feature size {appearance_system.model.geometry.feature_dim} differs from "
+                                           f"the geometry run's {geometry.feature_dim}; transfer needs runs with the same system.model.geometry.feature_dim")
     model = IDRModel(geometry, texture, geometry_system.model.tracer)
     k, _, h, w = _scaled_view(geometry_system, 0, resolution)
     views = torch.arange(geometry_system.scene.n_views, device=geometry_system.device)

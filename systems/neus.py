@@ -1,6 +1,7 @@
 """NeuS system: volume rendering of an SDF trained with colour, eikonal and mask losses."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ class NeuSSystem(BaseSystem):
         self.loss_cfg = {"rgb_l1": 1.0, "rgb_mse": 0.0, "eikonal": 0.1, "mask": 0.1, "curvature": 0.0, "eikonal_points": 1024,
                          **(loss or {})}
         self.rays_cfg = {"initial": 512, "min": 64, "max": 8192, "target_samples": 65536, **(rays or {})}
-        self.hull_cfg = {"enabled": True, "dilation": 4, "tolerance": 0, **(visual_hull or {})}
+        self.hull_cfg = {"enabled": True, "dilation": 4, "tolerance": 0, "trainable_margin_deg": None, **(visual_hull or {})}
         self.cos_anneal_steps = cos_anneal_steps
         self.n_rays = float(self.rays_cfg["initial"])
 
@@ -41,11 +42,15 @@ class NeuSSystem(BaseSystem):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        # Poses that are about to move would carve away parts of the object: no hull with trainable cameras.
-        if self.hull_cfg["enabled"] and not self.trainable_cameras and self.scene.masks is not None and self.global_step == 0:
+        # Trainable cameras start off their true poses: their hull is carved from the starting poses with
+        # the masks dilated by a further ``trainable_margin_deg`` of view angle (None: no hull).
+        margin = self.hull_cfg["trainable_margin_deg"] if self.trainable_cameras else 0.0
+        if self.hull_cfg["enabled"] and margin is not None and self.scene.masks is not None and self.global_step == 0:
             ids = self.train_ids
-            intrinsics, c2w = self.cameras(ids)
-            self.model.grid.carve_visual_hull(intrinsics, c2w, self.scene.masks[ids], int(self.hull_cfg["dilation"]), int(self.hull_cfg["tolerance"]))
+            with torch.no_grad():
+                intrinsics, c2w = self.cameras(ids)
+            dilation = int(self.hull_cfg["dilation"]) + math.ceil(float(intrinsics[:, 0, 0].max()) * math.tan(math.radians(margin)))
+            self.model.grid.carve_visual_hull(intrinsics, c2w, self.scene.masks[ids], dilation, int(self.hull_cfg["tolerance"]))
 
     def cos_anneal_ratio(self) -> float:
         return 1.0 if self.cos_anneal_steps <= 0 else min(1.0, self.global_step / self.cos_anneal_steps)

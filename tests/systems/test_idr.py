@@ -12,6 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from datasets.errors import InputError
 from datasets.scene import Scene
 from models.cameras import FixedCameras
 from models.rays import image_rays, intersect_sphere
@@ -114,6 +115,13 @@ def test_transfer_writes_frames_and_video(tmp_path):
     assert len(frames) == 4 and frames[0].shape == (H, W, 3)
     assert frames[0].max() > 50  # the sphere is in view
     assert len(iio.imread(video, index=None)) == 4
+
+
+def test_transfer_refuses_runs_with_different_feature_sizes(tmp_path):
+    geometry, appearance = make_system(), make_system(overrides=("system.model.geometry.feature_dim=16",))
+    with pytest.raises(InputError, match="appearance_run: its geometry feature size 16 differs from the geometry run's 32"):
+        transfer(geometry, appearance, tmp_path)
+    assert not (tmp_path / "frames").exists()
 
 
 IDR_TINY = ["system=idr", "dataset.n_views=8", "dataset.width=64", "dataset.height=48", "export.resolution=64",

@@ -6,9 +6,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from torch import nn
 
 from datasets.npz import load_npz_scene
-from models.cameras import FixedCameras
+from datasets.synthetic import scene_sdf
+from models.cameras import FixedCameras, TrainableCameras
 from models.encoders import FrequencyEncoder
 from models.fields import SDFField
 from models.samplers import OccupancyGrid
@@ -35,13 +37,37 @@ def test_short_run_halves_the_chamfer_of_the_initial_sphere(launch, tmp_path):
     assert chamfer[300] < 0.5 * chamfer[1], chamfer
 
 
-def make_neus(scene_dir: Path, overrides: tuple[str, ...] = ()):
+def make_neus(scene_dir: Path, overrides: tuple[str, ...] = (), cameras: nn.Module | None = None):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=["system=neus", "encoder=frequency", "system.model.grid.resolution=16", *overrides])
     torch.manual_seed(0)
     scene = load_npz_scene(str(scene_dir))
-    cameras = FixedCameras(scene.intrinsics, scene.c2w)
+    cameras = FixedCameras(scene.intrinsics, scene.c2w) if cameras is None else cameras
     return instantiate(cfg.system, run_dir=None, _convert_="all", _partial_=True)(scene=scene, cameras=cameras)
+
+
+def surface_cells(grid: OccupancyGrid) -> torch.Tensor:
+    """Cells (flat, bool) holding ground-truth surface of the synthetic scene: |sdf(centre)| below half a cell."""
+    return scene_sdf(grid.cell_centers()).abs() < grid.cell_size / 2
+
+
+def test_trainable_cameras_carve_a_wider_hull_from_their_starting_poses(small_synthetic):
+    scene = load_npz_scene(str(small_synthetic))
+    noisy = TrainableCameras(scene.intrinsics, scene.c2w, noise={"rotation_deg": 3.0, "translation": 0.02, "seed": 0})
+    grid = ("system.model.grid.resolution=48",)
+    # Carved from the noisy starting poses without a margin, the hull cuts into the object ...
+    tight = make_neus(small_synthetic, (*grid, "system.visual_hull.dilation=0", "system.visual_hull.trainable_margin_deg=0"), noisy)
+    tight.on_fit_start()
+    assert not tight.model.grid.hull.view(-1)[surface_cells(tight.model.grid)].all()
+    # ... with the default margin (4 degrees for 3 degrees of noise) it keeps every surface cell and still carves.
+    wide = make_neus(small_synthetic, grid, noisy)
+    assert wide.hull_cfg["trainable_margin_deg"] == 4.0
+    wide.on_fit_start()
+    hull = wide.model.grid.hull.view(-1)
+    assert hull[surface_cells(wide.model.grid)].all() and hull.float().mean() < 0.8
+    off = make_neus(small_synthetic, (*grid, "system.visual_hull.trainable_margin_deg=null"), noisy)
+    off.on_fit_start()
+    assert off.model.grid.hull.all()
 
 
 def test_curvature_loss_is_the_mean_absolute_laplacian_and_can_be_minimised():
