@@ -151,11 +151,36 @@ def umeyama(src: torch.Tensor, dst: torch.Tensor) -> Similarity:
     return Similarity(scale.to(src.dtype), rot.to(src.dtype), trans.to(src.dtype))
 
 
+def look_at_points(c2w: torch.Tensor) -> torch.Tensor | None:
+    """The point each camera (N, 4, 4) looks at, (N, 3): the foot, on its optical axis, of the point
+    nearest to all axes in the least-squares sense (where an object-centric rig converges). Maps
+    with the cameras under any similarity. None when the axes are too close to parallel to meet."""
+    c, z = c2w[:, :3, 3].double(), c2w[:, :3, 2].double()
+    off_axis = torch.eye(3, dtype=c.dtype, device=c.device) - z[:, :, None] * z[:, None, :]  # (N, 3, 3)
+    normal = off_axis.sum(0)
+    if len(c2w) < 2 or float(torch.linalg.eigvalsh(normal)[0]) < 1e-3 * len(c2w):
+        return None
+    meet = torch.linalg.solve(normal, (off_axis @ c[:, :, None]).sum(0))[:, 0]
+    return (c + ((meet - c) * z).sum(-1, keepdim=True) * z).to(c2w.dtype)
+
+
+def align_poses(c2w: torch.Tensor, reference: torch.Tensor) -> Similarity:
+    """The similarity mapping poses (N, 4, 4) onto reference poses (N, 4, 4): :func:`umeyama` on two
+    points per camera, its centre and its :func:`look_at_points` point. Cameras moved along their
+    orbits while still looking at the object are invisible to a fit on the centres alone (BARF's
+    protocol), which then misplaces the object; the look-at points weigh in where the cameras look
+    (measured in docs/BENCHMARKS.md). Rigs whose axes do not meet (forward-facing) are fitted on
+    the centres alone."""
+    src, dst = look_at_points(c2w), look_at_points(reference)
+    if src is None or dst is None:
+        return umeyama(c2w[:, :3, 3], reference[:, :3, 3])
+    return umeyama(torch.cat([c2w[:, :3, 3], src]), torch.cat([reference[:, :3, 3], dst]))
+
+
 def pose_errors(c2w: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """Accuracy of poses (N, 4, 4) against reference poses (N, 4, 4) after aligning the centres with
-    :func:`umeyama`: mean/median rotation error in degrees and centre error in reference units."""
-    sim = umeyama(c2w[:, :3, 3], reference[:, :3, 3])
-    aligned = sim.poses(c2w)
+    """Accuracy of poses (N, 4, 4) against reference poses (N, 4, 4) after :func:`align_poses`:
+    mean/median rotation error in degrees and centre error in reference units."""
+    aligned = align_poses(c2w, reference).poses(c2w)
     rot = rotation_angle_deg(aligned[:, :3, :3].double(), reference[:, :3, :3].double())
     centre = (aligned[:, :3, 3] - reference[:, :3, 3]).double().norm(dim=-1)
     return {"rotation_error_deg": float(rot.mean()), "rotation_error_deg_median": float(rot.median()),
@@ -223,9 +248,9 @@ class TrainableCameras(nn.Module):
         return k, self.poses(view_ids)
 
     def alignment(self, view_ids: torch.Tensor) -> Similarity:
-        """Similarity from the learned frame to the reference frame, fitted on the centres of ``view_ids``."""
+        """Similarity from the learned frame to the reference frame, fitted on the poses of ``view_ids`` (:func:`align_poses`)."""
         with torch.no_grad():
-            return umeyama(self.poses(view_ids)[:, :3, 3], self.reference_c2w[view_ids, :3, 3])
+            return align_poses(self.poses(view_ids), self.reference_c2w[view_ids])
 
     def errors(self, view_ids: torch.Tensor) -> dict[str, float]:
         """Pose errors of ``view_ids`` against the reference (see :func:`pose_errors`)."""

@@ -7,6 +7,7 @@ from models.cameras import (
     FixedCameras,
     Similarity,
     TrainableCameras,
+    align_poses,
     matrix_to_quaternion,
     perturb_poses,
     pose_errors,
@@ -24,21 +25,21 @@ def random_rotations(n: int, seed: int = 0) -> torch.Tensor:
     return quaternion_to_matrix(q)
 
 
+def look_at(centres: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """c2w (n, 4, 4) at centres (n, 3), each looking at the point target (3,), world z up."""
+    forward = torch.nn.functional.normalize(target - centres, dim=-1)
+    right = torch.nn.functional.normalize(torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0], dtype=centres.dtype).expand_as(forward)), dim=-1)
+    c2w = torch.eye(4, dtype=centres.dtype).repeat(len(centres), 1, 1)
+    c2w[:, :3, :3] = torch.stack([right, torch.linalg.cross(forward, right), forward], -1)
+    c2w[:, :3, 3] = centres
+    return c2w
+
+
 def ring_of_cameras(n: int = 12) -> torch.Tensor:
     """c2w (n, 4, 4) on a tilted ring at distance ~3 looking at the origin."""
-    poses = []
-    for i in range(n):
-        a = 2 * math.pi * i / n
-        centre = torch.tensor([3 * math.cos(a), 3 * math.sin(a), 0.8 + 0.3 * math.sin(3 * a)], dtype=torch.float64)
-        forward = -centre / centre.norm()
-        right = torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
-        right = right / right.norm()
-        down = torch.linalg.cross(forward, right)
-        c2w = torch.eye(4, dtype=torch.float64)
-        c2w[:3, :3] = torch.stack([right, down, forward], 1)
-        c2w[:3, 3] = centre
-        poses.append(c2w)
-    return torch.stack(poses)
+    a = 2 * math.pi * torch.arange(n, dtype=torch.float64) / n
+    centres = torch.stack([3 * torch.cos(a), 3 * torch.sin(a), 0.8 + 0.3 * torch.sin(3 * a)], -1)
+    return look_at(centres, torch.zeros(3, dtype=torch.float64))
 
 
 def test_quaternion_round_trips_including_half_turns():
@@ -72,6 +73,29 @@ def test_umeyama_recovers_a_known_similarity_exactly():
     assert torch.allclose(sim.translation, truth.translation, atol=1e-12)
     back = sim.inverse().points(truth.points(src))
     assert torch.allclose(back, src, atol=1e-12)
+
+
+def test_pose_alignment_recovers_a_known_similarity_and_places_the_object_where_the_cameras_look():
+    ref = ring_of_cameras()
+    truth = Similarity(torch.tensor(1.7, dtype=torch.float64), random_rotations(1, seed=4)[0], torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64))
+    sim = align_poses(truth.poses(ref), ref)
+    assert float(sim.scale) == pytest.approx(1 / 1.7, abs=1e-12)
+    assert torch.allclose(sim.poses(truth.poses(ref)), ref, atol=1e-12)
+    # The same centres, every camera turned to look at a point 0.037 off the object centre: the
+    # learned scene sits there. A fit on the centres leaves it there; the pose fit halves the offset.
+    offset = torch.tensor([0.03, -0.02, 0.01], dtype=torch.float64)
+    learned = look_at(ref[:, :3, 3], offset)
+    by_centres = umeyama(learned[:, :3, 3], ref[:, :3, 3]).points(offset[None]).norm()
+    by_poses = align_poses(learned, ref).points(offset[None]).norm()
+    assert float(by_centres) == pytest.approx(float(offset.norm()), rel=1e-6)
+    assert float(by_poses) < 0.5 * float(by_centres)
+    # Forward-facing cameras, whose axes do not meet: the centres alone.
+    parallel = look_at(ref[:, :3, 3] * torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    parallel[:, :3, :3] = parallel[:1, :3, :3]
+    moved = truth.poses(parallel)
+    fitted = align_poses(moved, parallel)
+    centres_only = umeyama(moved[:, :3, 3], parallel[:, :3, 3])
+    assert torch.allclose(fitted.rotation, centres_only.rotation) and torch.allclose(fitted.translation, centres_only.translation)
 
 
 def test_perturbation_has_the_requested_size_and_is_seeded():
