@@ -17,6 +17,7 @@ from models.cameras import (
     umeyama,
 )
 from models.rays import pixel_rays
+from systems.inspect import look_at as look_at_origin
 
 
 def random_rotations(n: int, seed: int = 0) -> torch.Tensor:
@@ -27,10 +28,8 @@ def random_rotations(n: int, seed: int = 0) -> torch.Tensor:
 
 def look_at(centres: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """c2w (n, 4, 4) at centres (n, 3), each looking at the point target (3,), world z up."""
-    forward = torch.nn.functional.normalize(target - centres, dim=-1)
-    right = torch.nn.functional.normalize(torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0], dtype=centres.dtype).expand_as(forward)), dim=-1)
-    c2w = torch.eye(4, dtype=centres.dtype).repeat(len(centres), 1, 1)
-    c2w[:, :3, :3] = torch.stack([right, torch.linalg.cross(forward, right), forward], -1)
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=centres.dtype)
+    c2w = torch.stack([look_at_origin(c - target, up) for c in centres])
     c2w[:, :3, 3] = centres
     return c2w
 
