@@ -132,20 +132,23 @@ class Similarity:
         return Similarity(1.0 / self.scale, rot, -(rot @ self.translation) / self.scale)
 
 
-def umeyama(src: torch.Tensor, dst: torch.Tensor) -> Similarity:
+def umeyama(src: torch.Tensor, dst: torch.Tensor, weights: torch.Tensor | None = None) -> Similarity:
     """The least-squares similarity with dst ~ s R src + t, for point sets (N, 3), N >= 3 (Umeyama,
     "Least-squares estimation of transformation parameters between two point patterns", PAMI 1991):
     the rotation from the SVD of the cross-covariance (Procrustes, with a reflection guard), then
-    scale and translation in closed form. Computed in float64."""
+    scale and translation in closed form. ``weights`` (N,) weigh the points' squared residuals
+    (default: equal). Computed in float64."""
     s64, d64 = src.double(), dst.double()
-    mu_s, mu_d = s64.mean(0), d64.mean(0)
+    w = torch.ones(len(src), dtype=torch.float64, device=src.device) if weights is None else weights.double()
+    w = (w / w.sum())[:, None]
+    mu_s, mu_d = (w * s64).sum(0), (w * d64).sum(0)
     xs, xd = s64 - mu_s, d64 - mu_d
-    cov = xd.T @ xs / len(src)
+    cov = (w * xd).T @ xs
     u, sv, vt = torch.linalg.svd(cov)
     fix = torch.ones(3, dtype=torch.float64, device=src.device)
     fix[2] = torch.sign(torch.linalg.det(u @ vt))
     rot = u @ torch.diag(fix) @ vt
-    var_s = (xs * xs).sum() / len(src)
+    var_s = (w * xs * xs).sum()
     scale = (sv * fix).sum() / var_s
     trans = mu_d - scale * rot @ mu_s
     return Similarity(scale.to(src.dtype), rot.to(src.dtype), trans.to(src.dtype))
@@ -164,17 +167,30 @@ def look_at_points(c2w: torch.Tensor) -> torch.Tensor | None:
     return (c + ((meet - c) * z).sum(-1, keepdim=True) * z).to(c2w.dtype)
 
 
-def align_poses(c2w: torch.Tensor, reference: torch.Tensor) -> Similarity:
-    """The similarity mapping poses (N, 4, 4) onto reference poses (N, 4, 4): :func:`umeyama` on two
-    points per camera, its centre and its :func:`look_at_points` point. Cameras moved along their
-    orbits while still looking at the object are invisible to a fit on the centres alone (BARF's
-    protocol), which then misplaces the object; the look-at points weigh in where the cameras look
-    (measured in docs/BENCHMARKS.md). Rigs whose axes do not meet (forward-facing) are fitted on
-    the centres alone."""
+def align_poses(c2w: torch.Tensor, reference: torch.Tensor, iterations: int = 10) -> Similarity:
+    """The similarity mapping poses (N, 4, 4) onto reference poses (N, 4, 4): a weighted
+    :func:`umeyama` on two points per camera, its centre and its :func:`look_at_points` point.
+
+    Cameras moved along their orbits while still looking at the object are invisible to a fit on the
+    centres alone (BARF's protocol), which then misplaces the object; their look-at points stay on
+    it. The two kinds of point have very different errors (in learned poses, centres' squared
+    residuals are 100-400x the look-at points'), so each kind is weighted by the inverse of its
+    mean squared residual, re-estimated from the previous fit (iteratively reweighted least
+    squares, ``iterations`` fits). docs/BENCHMARKS.md has the measurements. Rigs whose axes do not
+    meet (forward-facing) are fitted on the centres alone."""
     src, dst = look_at_points(c2w), look_at_points(reference)
     if src is None or dst is None:
         return umeyama(c2w[:, :3, 3], reference[:, :3, 3])
-    return umeyama(torch.cat([c2w[:, :3, 3], src]), torch.cat([reference[:, :3, 3], dst]))
+    n = len(c2w)
+    src, dst = torch.cat([c2w[:, :3, 3], src]).double(), torch.cat([reference[:, :3, 3], dst]).double()
+    floor = 1e-12 * float(dst.var(0).sum()) + 1e-300  # exact poses: residuals 0, any weights are exact
+    weights = torch.ones(2 * n, dtype=torch.float64, device=src.device)
+    for _ in range(iterations):
+        sim = umeyama(src, dst, weights)
+        sq = ((sim.points(src) - dst) ** 2).sum(-1)
+        weights = torch.cat([sq[:n].mean().add(floor).reciprocal().expand(n), sq[n:].mean().add(floor).reciprocal().expand(n)])
+    sim = umeyama(src, dst, weights)
+    return Similarity(sim.scale.to(c2w.dtype), sim.rotation.to(c2w.dtype), sim.translation.to(c2w.dtype))
 
 
 def pose_errors(c2w: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -185,6 +201,38 @@ def pose_errors(c2w: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     centre = (aligned[:, :3, 3] - reference[:, :3, 3]).double().norm(dim=-1)
     return {"rotation_error_deg": float(rot.mean()), "rotation_error_deg_median": float(rot.median()),
             "centre_error": float(centre.mean()), "centre_error_median": float(centre.median())}
+
+
+def _project_residual(residual: torch.Tensor, k: torch.Tensor, c2w: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Pixel offsets (P, 2) from the principal point of points (P, 3) seen by one camera with
+    intrinsics k (3, 3) and pose c2w (4, 4) moved by residual (6,) = (axis-angle, centre offset)."""
+    rot = so3_exp(residual[None, :3])[0] @ c2w[:3, :3]
+    cam = (points - (c2w[:3, 3] + residual[3:])) @ rot
+    return cam[:, :2] / cam[:, 2:3] * torch.stack([k[0, 0], k[1, 1]])
+
+
+def projection_preconditioner(intrinsics: torch.Tensor, c2w: torch.Tensor, points: torch.Tensor,
+                              damping: float = 0.01) -> torch.Tensor:
+    """Per-camera preconditioners (N, 6, 6) for the residual (axis-angle, centre offset) of cameras
+    with intrinsics (N, 3, 3) and poses (N, 4, 4), from points (P, 3) the cameras see (CamP: Park et
+    al., "CamP: Camera Preconditioning for Neural Radiance Fields", SIGGRAPH Asia 2023).
+
+    With J (2P, 6) the Jacobian of the points' pixel projections at the start pose and
+    S = J^T J / P + damping * mean(diag) * I, the preconditioner is f * S^(-1/2) (f the mean focal
+    length): one unit of the new coordinates moves the projections by one focal length (RMS) in
+    every direction, about what one radian of turn does. Orbiting the object, which moves the
+    projections only by parallax, then gets steps as large as turning in place. Points behind a
+    camera are ignored."""
+    out = []
+    for k, pose in zip(intrinsics.double(), c2w.double()):
+        pts = points.double()
+        pts = pts[((pts - pose[:3, 3]) @ pose[:3, 2]) > 1e-3]
+        jac = torch.func.jacfwd(_project_residual)(torch.zeros(6, dtype=torch.float64), k, pose, pts).reshape(-1, 6)
+        s = jac.T @ jac / len(pts)
+        s = s + damping * s.diagonal().mean() * torch.eye(6, dtype=s.dtype)
+        vals, vecs = torch.linalg.eigh(s)
+        out.append(0.5 * (k[0, 0] + k[1, 1]) * vecs @ torch.diag(vals.rsqrt()) @ vecs.T)
+    return torch.stack(out).to(c2w.dtype)
 
 
 # ---------------------------------------------------------------------- trainable cameras
@@ -201,6 +249,10 @@ class TrainableCameras(nn.Module):
       radians and scene units.
     - ``quaternion``: IDR's absolute quaternion (normalised in the forward pass) and centre.
 
+    ``precondition`` (so3 only) makes the learned (rotation_param, centre_param) the coordinates of
+    :func:`projection_preconditioner`, computed once at the start pose from ``precondition_points``
+    (P, 3) (default: a fixed random set in the unit sphere, the object region of the normalised
+    frame): the residual is M @ (w, dc) with M (N, 6, 6) the buffer ``preconditioner``.
     ``refine_focal`` adds a per-view log-scale of the focal lengths. The reference poses are kept
     (buffer ``reference_c2w``) to evaluate and align the learned ones; gradients reach the poses
     through the ray origins and directions.
@@ -208,10 +260,13 @@ class TrainableCameras(nn.Module):
 
     def __init__(self, intrinsics: torch.Tensor, c2w: torch.Tensor, init_c2w: torch.Tensor | None = None,
                  use_init_file: bool = True, noise: dict | None = None, rotation: str = "so3",
-                 refine_focal: bool = False) -> None:
+                 refine_focal: bool = False, precondition: bool = False, precondition_damping: float = 0.01,
+                 precondition_points: torch.Tensor | None = None) -> None:
         super().__init__()
         if rotation not in ("so3", "quaternion"):
             raise ValueError(f"unknown rotation parametrisation {rotation!r}; choose so3 or quaternion")
+        if precondition and rotation != "so3":
+            raise ValueError("camera preconditioning works on the so3 residual: use rotation so3, or precondition false with quaternion")
         noise = {"rotation_deg": 0.0, "translation": 0.0, "seed": 0, **(noise or {})}
         if init_c2w is None or not use_init_file:
             init_c2w = perturb_poses(c2w, float(noise["rotation_deg"]), float(noise["translation"]), int(noise["seed"]))
@@ -227,12 +282,24 @@ class TrainableCameras(nn.Module):
             self.rotation_param = nn.Parameter(matrix_to_quaternion(self.init_c2w[:, :3, :3]))
             self.centre_param = nn.Parameter(self.init_c2w[:, :3, 3].clone())
         self.log_focal = nn.Parameter(torch.zeros(n)) if refine_focal else None
+        if precondition:
+            if precondition_points is None:
+                gen = torch.Generator().manual_seed(0)
+                direction = torch.nn.functional.normalize(torch.randn(2048, 3, generator=gen), dim=-1)
+                precondition_points = direction * torch.rand(2048, 1, generator=gen) ** (1 / 3)
+            self.register_buffer("preconditioner", projection_preconditioner(
+                self.intrinsics, self.init_c2w, precondition_points, precondition_damping))
+        else:
+            self.preconditioner = None
 
     def poses(self, view_ids: torch.Tensor) -> torch.Tensor:
         """Learned c2w (B, 4, 4) of views (B,)."""
         if self.rotation == "so3":
-            rot = so3_exp(self.rotation_param[view_ids]) @ self.init_c2w[view_ids, :3, :3]
-            centre = self.init_c2w[view_ids, :3, 3] + self.centre_param[view_ids]
+            residual = torch.cat([self.rotation_param[view_ids], self.centre_param[view_ids]], -1)
+            if self.preconditioner is not None:
+                residual = (self.preconditioner[view_ids] @ residual[:, :, None])[:, :, 0]
+            rot = so3_exp(residual[:, :3]) @ self.init_c2w[view_ids, :3, :3]
+            centre = self.init_c2w[view_ids, :3, 3] + residual[:, 3:]
         else:
             rot = quaternion_to_matrix(self.rotation_param[view_ids])
             centre = self.centre_param[view_ids]

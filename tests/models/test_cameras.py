@@ -8,6 +8,7 @@ from models.cameras import (
     Similarity,
     TrainableCameras,
     align_poses,
+    look_at_points,
     matrix_to_quaternion,
     perturb_poses,
     pose_errors,
@@ -88,6 +89,16 @@ def test_pose_alignment_recovers_a_known_similarity_and_places_the_object_where_
     by_poses = align_poses(learned, ref).points(offset[None]).norm()
     assert float(by_centres) == pytest.approx(float(offset.norm()), rel=1e-6)
     assert float(by_poses) < 0.5 * float(by_centres)
+    # Cameras slid along their orbits by ~1 degree, still looking at the object: their centres are
+    # off, their look-at points are not. Weighting each kind of point by its residual puts the
+    # object back in place, where equal weights leave half the centre fit's offset.
+    turn = so3_exp(torch.randn(12, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * math.radians(1.0))
+    slid = truth.poses(look_at((turn @ ref[:, :3, 3, None])[:, :, 0], torch.zeros(3, dtype=torch.float64)))
+    placed = truth.points(torch.zeros(1, 3, dtype=torch.float64))
+    centre_fit = umeyama(slid[:, :3, 3], ref[:, :3, 3]).points(placed).norm()
+    equal = umeyama(torch.cat([slid[:, :3, 3], look_at_points(slid)]), torch.cat([ref[:, :3, 3], look_at_points(ref)]))
+    assert float(centre_fit) > 0.02 and float(equal.points(placed).norm()) > 0.3 * float(centre_fit)
+    assert float(align_poses(slid, ref).points(placed).norm()) < 1e-6
     # Forward-facing cameras, whose axes do not meet: the centres alone.
     parallel = look_at(ref[:, :3, 3] * torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
     parallel[:, :3, :3] = parallel[:1, :3, :3]
@@ -142,3 +153,36 @@ def test_trainable_cameras_use_the_scene_start_file_and_fixed_cameras_pass_throu
     assert torch.allclose(ignored(torch.arange(12))[1], ref)
     fixed = FixedCameras(k, ref)
     assert torch.equal(fixed(torch.tensor([3]))[1][0], ref[3]) and not list(fixed.parameters())
+
+
+
+def projection_jacobian(cams: TrainableCameras, view: int, points: torch.Tensor, focal: float) -> torch.Tensor:
+    """(2P, 6) Jacobian of the pixel projections of points (P, 3) by camera ``view`` with respect to
+    its learned (rotation_param, centre_param), through the module's own forward pass."""
+    ids = torch.arange(len(cams.init_c2w))
+
+    def pixels(rotation_param: torch.Tensor, centre_param: torch.Tensor) -> torch.Tensor:
+        c2w = torch.func.functional_call(cams, {"rotation_param": rotation_param, "centre_param": centre_param}, (ids,))[1][view]
+        cam = (points - c2w[:3, 3]) @ c2w[:3, :3]
+        return focal * cam[:, :2] / cam[:, 2:]
+
+    jr, jc = torch.func.jacfwd(pixels, argnums=(0, 1))(cams.rotation_param, cams.centre_param)
+    return torch.cat([jr[:, :, view], jc[:, :, view]], -1).reshape(-1, 6).double()
+
+
+def test_preconditioned_cameras_start_exact_and_move_the_projections_equally_in_every_direction():
+    ref = ring_of_cameras().float()
+    k = torch.tensor([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]]).expand(12, 3, 3)
+    points = torch.rand(500, 3, generator=torch.Generator().manual_seed(3)) * 1.2 - 0.6
+    noise = {"rotation_deg": 3.0, "translation": 0.02, "seed": 2}
+    cams = TrainableCameras(k, ref, noise=noise, precondition=True, precondition_damping=0.0, precondition_points=points)
+    assert torch.allclose(cams(torch.arange(12))[1], perturb_poses(ref, 3.0, 0.02, seed=2), atol=1e-5)
+    # Whitened: a unit step in any direction moves the projections by one focal length (RMS) ...
+    jac = projection_jacobian(cams, 5, points, 50.0)
+    torch.testing.assert_close(jac.T @ jac / len(points), 50.0**2 * torch.eye(6, dtype=torch.float64), atol=0.5, rtol=0)
+    # ... where without it orbiting the object is far softer than turning in place.
+    plain = projection_jacobian(TrainableCameras(k, ref, noise=noise), 5, points, 50.0)
+    eig = torch.linalg.eigvalsh(plain.T @ plain)
+    assert eig[-1] / eig[0] > 100
+    with pytest.raises(ValueError, match="so3"):
+        TrainableCameras(k, ref, rotation="quaternion", precondition=True)
