@@ -252,7 +252,9 @@ class TrainableCameras(nn.Module):
     ``precondition`` (so3 only) makes the learned (rotation_param, centre_param) the coordinates of
     :func:`projection_preconditioner`, computed once at the start pose from ``precondition_points``
     (P, 3) (default: a fixed random set in the unit sphere, the object region of the normalised
-    frame): the residual is M @ (w, dc) with M (N, 6, 6) the buffer ``preconditioner``.
+    frame): the residual is M @ (w, dc) with M (N, 6, 6) the buffer ``preconditioner`` (the identity
+    without preconditioning, and for checkpoints saved before it existed). A checkpoint's M wins
+    over the config's, so a run resumes with the parametrisation it was trained with.
     ``refine_focal`` adds a per-view log-scale of the focal lengths. The reference poses are kept
     (buffer ``reference_c2w``) to evaluate and align the learned ones; gradients reach the poses
     through the ray origins and directions.
@@ -282,22 +284,26 @@ class TrainableCameras(nn.Module):
             self.rotation_param = nn.Parameter(matrix_to_quaternion(self.init_c2w[:, :3, :3]))
             self.centre_param = nn.Parameter(self.init_c2w[:, :3, 3].clone())
         self.log_focal = nn.Parameter(torch.zeros(n)) if refine_focal else None
-        if precondition:
-            if precondition_points is None:
+        if rotation == "so3":
+            if precondition and precondition_points is None:
                 gen = torch.Generator().manual_seed(0)
                 direction = torch.nn.functional.normalize(torch.randn(2048, 3, generator=gen), dim=-1)
                 precondition_points = direction * torch.rand(2048, 1, generator=gen) ** (1 / 3)
             self.register_buffer("preconditioner", projection_preconditioner(
-                self.intrinsics, self.init_c2w, precondition_points, precondition_damping))
-        else:
-            self.preconditioner = None
+                self.intrinsics, self.init_c2w, precondition_points, precondition_damping) if precondition
+                else torch.eye(6).repeat(n, 1, 1))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
+        """Checkpoints from before preconditioning have no ``preconditioner``: theirs is the identity."""
+        if self.rotation == "so3" and prefix + "preconditioner" not in state_dict:
+            state_dict[prefix + "preconditioner"] = torch.eye(6).repeat(len(self.init_c2w), 1, 1)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def poses(self, view_ids: torch.Tensor) -> torch.Tensor:
         """Learned c2w (B, 4, 4) of views (B,)."""
         if self.rotation == "so3":
             residual = torch.cat([self.rotation_param[view_ids], self.centre_param[view_ids]], -1)
-            if self.preconditioner is not None:
-                residual = (self.preconditioner[view_ids] @ residual[:, :, None])[:, :, 0]
+            residual = (self.preconditioner[view_ids] @ residual[:, :, None])[:, :, 0]
             rot = so3_exp(residual[:, :3]) @ self.init_c2w[view_ids, :3, :3]
             centre = self.init_c2w[view_ids, :3, 3] + residual[:, 3:]
         else:

@@ -186,3 +186,15 @@ def test_preconditioned_cameras_start_exact_and_move_the_projections_equally_in_
     assert eig[-1] / eig[0] > 100
     with pytest.raises(ValueError, match="so3"):
         TrainableCameras(k, ref, rotation="quaternion", precondition=True)
+    # A state saved before preconditioning existed (no ``preconditioner``) loads as the plain
+    # residual; a saved preconditioner wins over the config's, so a resume keeps its parametrisation.
+    plain_cams = TrainableCameras(k, ref, noise=noise)
+    with torch.no_grad():
+        plain_cams.rotation_param.normal_(0, 0.01)
+        plain_cams.centre_param.normal_(0, 0.01)
+    old_state = {key: v for key, v in plain_cams.state_dict().items() if key != "preconditioner"}
+    cams.load_state_dict(old_state)
+    assert torch.allclose(cams(torch.arange(12))[1], plain_cams(torch.arange(12))[1], atol=1e-6)
+    preconditioned = TrainableCameras(k, ref, noise=noise, precondition=True, precondition_points=points)
+    plain_cams.load_state_dict(preconditioned.state_dict())
+    assert torch.equal(plain_cams.preconditioner, preconditioned.preconditioner)
