@@ -174,7 +174,7 @@ def align_poses(c2w: torch.Tensor, reference: torch.Tensor, iterations: int = 10
     Cameras moved along their orbits while still looking at the object are invisible to a fit on the
     centres alone (BARF's protocol), which then misplaces the object; their look-at points stay on
     it. The two kinds of point have very different errors (in learned poses, centres' squared
-    residuals are 100-400x the look-at points'), so each kind is weighted by the inverse of its
+    residuals are 120-440x the look-at points'), so each kind is weighted by the inverse of its
     mean squared residual, re-estimated from the previous fit (iteratively reweighted least
     squares, ``iterations`` fits). docs/BENCHMARKS.md has the measurements. Rigs whose axes do not
     meet (forward-facing) are fitted on the centres alone."""
@@ -224,9 +224,12 @@ def projection_preconditioner(intrinsics: torch.Tensor, c2w: torch.Tensor, point
     projections only by parallax, then gets steps as large as turning in place. Points behind a
     camera are ignored."""
     out = []
-    for k, pose in zip(intrinsics.double(), c2w.double()):
+    for view, (k, pose) in enumerate(zip(intrinsics.double(), c2w.double())):
         pts = points.double()
         pts = pts[((pts - pose[:3, 3]) @ pose[:3, 2]) > 1e-3]
+        if len(pts) < 16:
+            raise ValueError(f"camera {view} sees {len(pts)} of the preconditioning points in front of it; "
+                             "set camera.precondition=false for this rig")
         jac = torch.func.jacfwd(_project_residual)(torch.zeros(6, dtype=torch.float64), k, pose, pts).reshape(-1, 6)
         s = jac.T @ jac / len(pts)
         s = s + damping * s.diagonal().mean() * torch.eye(6, dtype=s.dtype)

@@ -11,6 +11,7 @@ from models.cameras import (
     look_at_points,
     matrix_to_quaternion,
     perturb_poses,
+    projection_preconditioner,
     pose_errors,
     quaternion_to_matrix,
     rotation_angle_deg,
@@ -186,6 +187,10 @@ def test_preconditioned_cameras_start_exact_and_move_the_projections_equally_in_
     assert eig[-1] / eig[0] > 100
     with pytest.raises(ValueError, match="so3"):
         TrainableCameras(k, ref, rotation="quaternion", precondition=True)
+    away = torch.eye(4)[None].clone()
+    away[0, 2, 3] = 2.0  # at z = 2 looking along +z: every point is behind it
+    with pytest.raises(ValueError, match="camera 0 sees 0 of the preconditioning points"):
+        projection_preconditioner(k[:1], away, points)
     # A state saved before preconditioning existed (no ``preconditioner``) loads as the plain
     # residual; a saved preconditioner wins over the config's, so a resume keeps its parametrisation.
     plain_cams = TrainableCameras(k, ref, noise=noise)
