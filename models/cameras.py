@@ -203,11 +203,19 @@ def pose_errors(c2w: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
             "centre_error": float(centre.mean()), "centre_error_median": float(centre.median())}
 
 
+def apply_residual(c2w: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Poses (B, 4, 4) moved by residuals (B, 6): turned about their centres by the world-frame
+    axis-angle residual[:, :3] (R = exp([w]x) R0) and their centres shifted by residual[:, 3:]."""
+    rot = so3_exp(residual[:, :3]) @ c2w[:, :3, :3]
+    centre = c2w[:, :3, 3] + residual[:, 3:]
+    return torch.cat([torch.cat([rot, centre[:, :, None]], -1), c2w[:, 3:, :]], -2)
+
+
 def _project_residual(residual: torch.Tensor, k: torch.Tensor, c2w: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Pixel offsets (P, 2) from the principal point of points (P, 3) seen by one camera with
-    intrinsics k (3, 3) and pose c2w (4, 4) moved by residual (6,) = (axis-angle, centre offset)."""
-    rot = so3_exp(residual[None, :3])[0] @ c2w[:3, :3]
-    cam = (points - (c2w[:3, 3] + residual[3:])) @ rot
+    intrinsics k (3, 3) and pose c2w (4, 4) moved by residual (6,) (:func:`apply_residual`)."""
+    moved = apply_residual(c2w[None], residual[None])[0]
+    cam = (points - moved[:3, 3]) @ moved[:3, :3]
     return cam[:, :2] / cam[:, 2:3] * torch.stack([k[0, 0], k[1, 1]])
 
 
@@ -306,12 +314,9 @@ class TrainableCameras(nn.Module):
         """Learned c2w (B, 4, 4) of views (B,)."""
         if self.rotation == "so3":
             residual = torch.cat([self.rotation_param[view_ids], self.centre_param[view_ids]], -1)
-            residual = (self.preconditioner[view_ids] @ residual[:, :, None])[:, :, 0]
-            rot = so3_exp(residual[:, :3]) @ self.init_c2w[view_ids, :3, :3]
-            centre = self.init_c2w[view_ids, :3, 3] + residual[:, 3:]
-        else:
-            rot = quaternion_to_matrix(self.rotation_param[view_ids])
-            centre = self.centre_param[view_ids]
+            return apply_residual(self.init_c2w[view_ids], (self.preconditioner[view_ids] @ residual[:, :, None])[:, :, 0])
+        rot = quaternion_to_matrix(self.rotation_param[view_ids])
+        centre = self.centre_param[view_ids]
         bottom = self.init_c2w[view_ids, 3:, :]
         return torch.cat([torch.cat([rot, centre[:, :, None]], -1), bottom], -2)
 

@@ -310,6 +310,12 @@ def curvature_loss(laplacian: torch.Tensor) -> torch.Tensor:
     return laplacian.abs().mean() if laplacian.numel() else laplacian.sum()
 
 
+def mask_loss(opacity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy between rendered opacity (R,) and the masks (R,), the opacity clamped to
+    [1e-3, 1 - 1e-3] so empty and solid pixels keep finite gradients; -> ()."""
+    return F.binary_cross_entropy(opacity.clamp(1e-3, 1 - 1e-3), mask)
+
+
 def log_scalars(module: pl.LightningModule, values: dict[str, float | torch.Tensor], prog_bar: tuple[str, ...] = ()) -> None:
     """Log training scalars under ``train/``."""
     for key, value in values.items():

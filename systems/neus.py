@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from models.neus import NeuSModel
 from models.rays import RayBundle
-from systems.base import BaseSystem, curvature_loss, log_scalars
+from systems.base import BaseSystem, curvature_loss, log_scalars, mask_loss
 from systems.schedules import scheduled
 
 
@@ -73,7 +73,7 @@ class NeuSSystem(BaseSystem):
         if w["eikonal"] > 0:
             losses["eikonal"] = self.eikonal_loss(out["sample_grad"], int(self.loss_cfg["eikonal_points"]))
         if mask is not None and w["mask"] > 0:
-            losses["mask"] = F.binary_cross_entropy(out["opacity"].clamp(1e-3, 1 - 1e-3), mask)
+            losses["mask"] = mask_loss(out["opacity"], mask)
         if w["curvature"] > 0:
             losses["curvature"] = curvature_loss(out["sample_laplacian"])
         total = sum(w[k] * v for k, v in losses.items())

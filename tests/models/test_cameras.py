@@ -156,7 +156,6 @@ def test_trainable_cameras_use_the_scene_start_file_and_fixed_cameras_pass_throu
     assert torch.equal(fixed(torch.tensor([3]))[1][0], ref[3]) and not list(fixed.parameters())
 
 
-
 def projection_jacobian(cams: TrainableCameras, view: int, points: torch.Tensor, focal: float) -> torch.Tensor:
     """(2P, 6) Jacobian of the pixel projections of points (P, 3) by camera ``view`` with respect to
     its learned (rotation_param, centre_param), through the module's own forward pass."""
