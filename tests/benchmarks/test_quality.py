@@ -1,0 +1,33 @@
+"""The quality benchmark's jobs: each composes into a valid config, and each trainable-camera job of
+issue 5 has a fixed-camera partner of the same system and length."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from benchmarks.quality import JOBS
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PAIRS = [("synthetic", "synthetic-cameras"), ("synthetic-3000", "synthetic-cameras-3000"),
+         ("synthetic-idr-3580", "synthetic-idr-cameras-3580")]
+
+
+def config(job: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="config", overrides=JOBS[job])
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_every_job_composes(job):
+    cfg = config(job)
+    assert cfg.system.name in ("neus", "idr") and cfg.trainer.max_steps > 0
+
+
+@pytest.mark.parametrize("fixed, trainable", PAIRS)
+def test_trainable_camera_jobs_match_their_fixed_partner(fixed, trainable):
+    a, b = config(fixed), config(trainable)
+    assert a.camera._target_.endswith("FixedCameras") and b.camera._target_.endswith("TrainableCameras")
+    assert (b.camera.noise.rotation_deg, b.camera.noise.translation) == (3, 0.02)
+    assert a.system.name == b.system.name and a.trainer.max_steps == b.trainer.max_steps
+    assert a.trainer.max_time == b.trainer.max_time
+    assert a.dataset == b.dataset and a.system.model.geometry.hidden_dim == b.system.model.geometry.hidden_dim
