@@ -203,12 +203,15 @@ def pose_errors(c2w: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
             "centre_error": float(centre.mean()), "centre_error_median": float(centre.median())}
 
 
+def _with_pose(c2w: torch.Tensor, rot: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """Poses (B, 4, 4) with their rotations replaced by rot (B, 3, 3) and centres by centre (B, 3)."""
+    return torch.cat([torch.cat([rot, centre[:, :, None]], -1), c2w[:, 3:, :]], -2)
+
+
 def apply_residual(c2w: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """Poses (B, 4, 4) moved by residuals (B, 6): turned about their centres by the world-frame
     axis-angle residual[:, :3] (R = exp([w]x) R0) and their centres shifted by residual[:, 3:]."""
-    rot = so3_exp(residual[:, :3]) @ c2w[:, :3, :3]
-    centre = c2w[:, :3, 3] + residual[:, 3:]
-    return torch.cat([torch.cat([rot, centre[:, :, None]], -1), c2w[:, 3:, :]], -2)
+    return _with_pose(c2w, so3_exp(residual[:, :3]) @ c2w[:, :3, :3], c2w[:, :3, 3] + residual[:, 3:])
 
 
 def _project_residual(residual: torch.Tensor, k: torch.Tensor, c2w: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -315,10 +318,7 @@ class TrainableCameras(nn.Module):
         if self.rotation == "so3":
             residual = torch.cat([self.rotation_param[view_ids], self.centre_param[view_ids]], -1)
             return apply_residual(self.init_c2w[view_ids], (self.preconditioner[view_ids] @ residual[:, :, None])[:, :, 0])
-        rot = quaternion_to_matrix(self.rotation_param[view_ids])
-        centre = self.centre_param[view_ids]
-        bottom = self.init_c2w[view_ids, 3:, :]
-        return torch.cat([torch.cat([rot, centre[:, :, None]], -1), bottom], -2)
+        return _with_pose(self.init_c2w[view_ids], quaternion_to_matrix(self.rotation_param[view_ids]), self.centre_param[view_ids])
 
     def forward(self, view_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.intrinsics[view_ids]
