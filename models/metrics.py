@@ -101,6 +101,7 @@ def point_to_mesh_distance(
     k: int = 8,
     seed: int = 0,
     batch: int = 32768,
+    max_dist: float = float("inf"),
 ) -> np.ndarray:
     """Distance from each point to a triangle mesh.
 
@@ -110,6 +111,9 @@ def point_to_mesh_distance(
     its closest point (this catches the true face when the best point found lies on an edge or corner
     shared with it). Exact point-to-triangle distances are evaluated for all candidates and the
     minimum is kept: exact whenever the closest triangle is a candidate, otherwise an upper bound.
+    Points farther than ``max_dist`` from the mesh may get ``inf`` instead: the candidate search stops
+    at ``max_dist`` plus the longest edge (where every face within ``max_dist`` has a candidate point),
+    which keeps it fast where the mesh is far from the points (e.g. collapsed to a blob).
 
     Args:
         points: (P, 3); vertices: (V, 3); faces: (F, 3) int, non-empty.
@@ -127,18 +131,22 @@ def point_to_mesh_distance(
     owner = np.concatenate([sample_faces, np.tile(np.arange(len(faces)), 3)])
     ring = _incident_faces(faces, len(v))
     k = min(k, tree.n)
-    out = np.empty(len(points))
+    edges = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=-1)
+    bound = max_dist + float(edges.max()) if np.isfinite(max_dist) else np.inf
+    out = np.full(len(points), np.inf)
     for start in range(0, len(points), batch):
-        p = points[start : start + batch]
+        nn = tree.query(points[start : start + batch], k=k, distance_upper_bound=bound, workers=-1)[1].reshape(-1, k)
+        found = nn[:, 0] < tree.n
+        nn = np.where(nn < tree.n, nn, nn[:, :1])  # missing neighbours: repeat the nearest
+        p, nn = points[start : start + batch][found], nn[found]
         rows = np.arange(len(p))
-        _, nn = tree.query(p, k=k, workers=-1)
-        candidates = owner[nn.reshape(len(p), k)]
+        candidates = owner[nn]
         dist, closest = _triangle_distances(p, tri[candidates])
         best = dist.argmin(axis=1)
         best_face = faces[candidates[rows, best]]  # (B, 3)
         corner = np.linalg.norm(v[best_face] - closest[rows, best, None], axis=-1).argmin(axis=1)
         ring_dist, _ = _triangle_distances(p, tri[ring[best_face[rows, corner]]])
-        out[start : start + batch] = np.minimum(dist[rows, best], ring_dist.min(axis=1))
+        out[start : start + batch][found] = np.minimum(dist[rows, best], ring_dist.min(axis=1))
     return out
 
 
@@ -173,8 +181,8 @@ def chamfer_distance(
         to_gt = cKDTree(gt_points).query(pred_points, workers=-1)[0]
     else:
         gt_points, _ = sample_surface(gt_vertices, gt_faces, n_points, seed + 1)
-        to_gt = point_to_mesh_distance(pred_points, gt_vertices, gt_faces, n_points, seed=seed + 2)
-    to_pred = point_to_mesh_distance(gt_points, pred_vertices, pred_faces, n_points, seed=seed + 3)
+        to_gt = point_to_mesh_distance(pred_points, gt_vertices, gt_faces, n_points, seed=seed + 2, max_dist=max_dist)
+    to_pred = point_to_mesh_distance(gt_points, pred_vertices, pred_faces, n_points, seed=seed + 3, max_dist=max_dist)
     accuracy = float(np.minimum(to_gt, max_dist).mean()) if len(to_gt) else float(max_dist)
     completeness = float(np.minimum(to_pred, max_dist).mean())
     return {"accuracy": accuracy, "completeness": completeness, "chamfer": 0.5 * (accuracy + completeness)}

@@ -128,6 +128,14 @@ def test_pose_errors_ignore_a_global_similarity():
     assert pose_errors(sim.poses(noisy), ref)["rotation_error_deg"] > 1.0
 
 
+def test_pose_errors_resolve_thousandths_of_a_degree_on_float32_poses():
+    ref = ring_of_cameras().float()
+    assert pose_errors(ref, ref)["rotation_error_deg"] < 1e-4
+    turned = perturb_poses(ref, 0.002, 0.0, seed=3)
+    assert pose_errors(turned, ref)["rotation_error_deg"] == pytest.approx(0.002, rel=0.05)
+    assert float(rotation_angle_deg(torch.eye(3).expand(2, 3, 3), so3_exp(torch.tensor([[3.1, 0, 0], [0, 1e-5, 0]])))[0]) == pytest.approx(math.degrees(3.1), rel=1e-5)
+
+
 @pytest.mark.parametrize("rotation", ["so3", "quaternion"])
 def test_trainable_cameras_start_at_the_noisy_poses_and_receive_ray_gradients(rotation):
     ref = ring_of_cameras().float()

@@ -73,6 +73,23 @@ def test_point_to_mesh_distance_plane_and_sphere() -> None:
     np.testing.assert_allclose(d, np.abs(radii[:, 0] - 1.0), atol=2e-3)  # faceting error of the icosphere
 
 
+def test_point_to_mesh_distance_bounded_by_max_dist() -> None:
+    rng = np.random.default_rng(1)
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
+    directions = rng.normal(size=(2000, 3))
+    points = directions / np.linalg.norm(directions, axis=1, keepdims=True) * rng.uniform(0.0, 4.0, (2000, 1))
+    exact = point_to_mesh_distance(points, sphere.vertices, sphere.faces, 20_000)
+    bounded = point_to_mesh_distance(points, sphere.vertices, sphere.faces, 20_000, max_dist=1.5)
+    near = exact <= 1.5
+    assert 0.2 < near.mean() < 0.9
+    np.testing.assert_allclose(bounded[near], exact[near], atol=1e-12)
+    assert np.all((bounded[~near] == exact[~near]) | np.isinf(bounded[~near]))
+    # a prediction collapsed to a blob far from the reference (a diverged run) scores max_dist
+    blob = sphere.vertices * 0.01 + 500.0
+    result = chamfer_distance(blob, sphere.faces, sphere.vertices * 100, sphere.faces, n_points=20_000, max_dist=20.0)
+    assert result == pytest.approx({"accuracy": 20.0, "completeness": 20.0, "chamfer": 20.0})
+
+
 def test_points_on_the_mesh_have_zero_distance() -> None:
     sphere = trimesh.creation.icosphere(subdivisions=5, radius=100.0)
     points, _ = sample_surface(sphere.vertices, sphere.faces, 20_000, seed=7)
