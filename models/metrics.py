@@ -135,10 +135,11 @@ def point_to_mesh_distance(
     bound = max_dist + float(edges.max()) if np.isfinite(max_dist) else np.inf
     out = np.full(len(points), np.inf)
     for start in range(0, len(points), batch):
-        nn = tree.query(points[start : start + batch], k=k, distance_upper_bound=bound, workers=-1)[1].reshape(-1, k)
+        chunk = points[start : start + batch]
+        nn = tree.query(chunk, k=k, distance_upper_bound=bound, workers=-1)[1].reshape(-1, k)
         found = nn[:, 0] < tree.n
         nn = np.where(nn < tree.n, nn, nn[:, :1])  # missing neighbours: repeat the nearest
-        p, nn = points[start : start + batch][found], nn[found]
+        p, nn = chunk[found], nn[found]
         rows = np.arange(len(p))
         candidates = owner[nn]
         dist, closest = _triangle_distances(p, tri[candidates])
@@ -178,7 +179,7 @@ def chamfer_distance(
         pred_points = pred_points[np.asarray(pred_keep(pred_points), dtype=bool)]
     if gt_faces is None or len(gt_faces) == 0:
         gt_points = np.asarray(gt_vertices, dtype=np.float64)
-        to_gt = cKDTree(gt_points).query(pred_points, workers=-1)[0]
+        to_gt = cKDTree(gt_points).query(pred_points, distance_upper_bound=max_dist, workers=-1)[0]
     else:
         gt_points, _ = sample_surface(gt_vertices, gt_faces, n_points, seed + 1)
         to_gt = point_to_mesh_distance(pred_points, gt_vertices, gt_faces, n_points, seed=seed + 2, max_dist=max_dist)
