@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from datasets.errors import InputError
-from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport
+from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm
 from systems.inspect import inspect_init, transfer
 
 MODES = ("train", "test", "eval", "export", "inspect_init", "transfer")
@@ -112,7 +112,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer
         max_steps=t.max_steps, max_time=t.max_time, val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every_n_steps, accelerator=t.accelerator, devices=1, precision=t.precision,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), *callbacks],
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), TerminateTestOnSigterm(), *callbacks],
         plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0, enable_model_summary=False, inference_mode=False,
     )
 

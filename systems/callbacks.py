@@ -1,8 +1,9 @@
-"""Callbacks shared by the systems: atomic checkpoints, mesh export and evaluation."""
+"""Callbacks shared by the systems: atomic checkpoints, mesh export, evaluation and SIGTERM in the test phase."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(path.name + ".tmp")
         torch.save(checkpoint, tmp)
         os.replace(tmp, path)
+
+
+class TerminateTestOnSigterm(pl.Callback):
+    """Lightning defers a SIGTERM to the end of the current batch, but the test phase's mesh export and
+    Chamfer are single calls of minutes, so a plain ``kill`` went unanswered. That phase writes files
+    only atomically and trains nothing, so from its start SIGTERM ends the process at once (main thread)."""
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -89,6 +89,35 @@ def test_export_and_test_modes_rewrite_results(launch, finished_run, tmp_path):
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
 
 
+def test_sigterm_in_the_test_phase_ends_the_run_at_once(finished_run, tmp_path):
+    """A plain kill during the Chamfer (minutes on real scenes) stops the process, and the run's
+    files are intact."""
+    import os
+    import shutil
+    import signal
+    import sys
+    import time
+
+    run_dir = tmp_path / "killed"
+    shutil.copytree(finished_run, run_dir)
+    mesh, metrics = run_dir / "meshes" / "final.ply", (run_dir / "metrics.json").read_text()
+    mesh.unlink()
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(root / "launch.py"), f"resume={run_dir}", "mode=test",
+                             "eval.chamfer_points=3000000"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not mesh.exists():  # the mesh is written just before the Chamfer starts
+            time.sleep(0.2)
+        assert proc.poll() is None, "the test phase ended before the Chamfer could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    assert (run_dir / "metrics.json").read_text() == metrics and mesh.stat().st_size > 0
+    assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
+
+
 def one_line_error(result: subprocess.CompletedProcess) -> str:
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
