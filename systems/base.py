@@ -22,6 +22,7 @@ from models.mesh import extract_mesh, largest_component
 from models.metrics import psnr, silhouette_iou
 from models.rays import RayBundle, image_rays, pixel_rays
 from systems.mesh_io import save_cameras, save_mesh
+from systems.schedules import decay_factor
 
 BACKGROUNDS = ("black", "white", "random", "learned")
 
@@ -135,15 +136,17 @@ class BaseSystem(pl.LightningModule):
         horizon = self.optim["decay_steps"] or max(self.trainer.max_steps, warmup + 1)
         ratio = float(self.optim["final_lr_ratio"])
         camera_warmup = int(self.optim.get("camera_warmup_steps", 0))
+        camera_horizon = min(horizon, int(self.optim.get("camera_decay_steps") or horizon))
 
         def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return ratio ** (min(step - warmup, horizon - warmup) / max(horizon - warmup, 1))
+            return decay_factor(step, warmup, horizon, ratio)
 
         def camera_factor(step: int) -> float:
-            """Cameras wait for ``camera_warmup_steps`` steps (the scene settles first), then ramp up as long."""
-            return factor(step) * min(max(step - camera_warmup, 0) / max(camera_warmup, 1), 1.0) if camera_warmup else factor(step)
+            """Cameras wait for ``camera_warmup_steps`` steps (the scene settles first), then ramp up as
+            long; their rate reaches ``final_lr_ratio`` by ``camera_decay_steps`` at the latest and keeps
+            decaying past it (long runs drift when it stays high late: docs/BENCHMARKS.md)."""
+            ramp = min(max(step - camera_warmup, 0) / max(camera_warmup, 1), 1.0) if camera_warmup else 1.0
+            return ramp * decay_factor(step, warmup, camera_horizon, ratio, hold=False)
 
         lambdas = [camera_factor if g["name"] == "camera" else factor for g in groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

@@ -21,3 +21,14 @@ def scheduled(spec: float | Mapping | Sequence, step: int) -> float:
     if spec.get("kind", "linear") == "exp":
         return a * (b / a) ** p
     return a + (b - a) * p
+
+
+def decay_factor(step: int, warmup: int, horizon: int, ratio: float, hold: bool = True) -> float:
+    """Learning-rate factor at ``step``: a linear warm-up over ``warmup`` steps, then an exponential
+    decay that reaches ``ratio`` at step ``horizon``; past it the factor stays at ``ratio`` (``hold``)
+    or keeps decaying at the same rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(horizon - warmup, 1)
+    done = step - warmup if not hold else min(step - warmup, span)
+    return ratio ** (done / span)
