@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from datasets.errors import InputError
 from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm
@@ -211,6 +213,9 @@ def main(cfg: DictConfig) -> None:
             shutil.rmtree(run_dir, ignore_errors=True)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:  # Lightning's, raised at the end of the step in which the signal came
+        print(f"stopped by SIGTERM; continue with: python launch.py resume={run_dir}", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     print(summary(cfg, run_dir, metrics))
 
 

@@ -89,6 +89,30 @@ def test_export_and_test_modes_rewrite_results(launch, finished_run, tmp_path):
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
 
 
+def test_sigterm_in_training_exits_non_zero_and_says_how_to_resume(launch, tiny, data_dir, tmp_path):
+    """A killed run must not look finished to a sweep or a scheduler: exit 128 + SIGTERM, checkpoints kept."""
+    import signal
+    import sys
+    import time
+
+    run_dir = tmp_path / "killed_in_training"
+    args = [*tiny, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}", "trainer.max_steps=100000"]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(root / "launch.py"), *args], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None and not list((run_dir / "checkpoints").glob("step*.ckpt")):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert f"resume={run_dir}" in stderr.strip().splitlines()[-1]
+    assert not (run_dir / "metrics.json").exists() and step_of(next((run_dir / "checkpoints").glob("step*.ckpt"))) >= 3
+
+
 def test_sigterm_in_the_test_phase_ends_the_run_at_once(finished_run, tmp_path):
     """A plain kill during the Chamfer (minutes on real scenes) stops the process, and the run's
     files are intact."""
