@@ -9,7 +9,7 @@ from benchmarks.quality import JOBS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAIRS = [("synthetic", "synthetic-cameras"), ("synthetic-3000", "synthetic-cameras-3000"),
-         ("synthetic-idr-3580", "synthetic-idr-cameras-3580")]
+         ("synthetic-idr-3580", "synthetic-idr-cameras-3580"), ("synthetic-6000", "synthetic-cameras-6000")]
 
 
 def config(job: str):
