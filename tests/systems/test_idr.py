@@ -125,7 +125,7 @@ def test_transfer_refuses_runs_with_different_feature_sizes(tmp_path):
 
 
 IDR_TINY = ["system=idr", "dataset.n_views=8", "dataset.width=64", "dataset.height=48", "export.resolution=64",
-            "eval.chamfer_points=20000"]
+            "eval.chamfer_points=20000", "trainer.max_time=00:01:00:00"]  # bound by steps, not the 9-minute default
 
 
 @pytest.mark.slow
