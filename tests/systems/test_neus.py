@@ -22,6 +22,7 @@ SMALL = [
     "dataset.n_views=16", "dataset.width=96", "dataset.height=72", "dataset.test_every=8",
     "trainer.val_check_interval=1000", "trainer.checkpoint_every_n_steps=1000",
     "export.resolution=64", "eval.chamfer_points=20000", "system.rays.target_samples=8192",
+    "trainer.max_time=00:01:00:00",  # bound by steps, not the 9-minute default, on a busy machine too
 ]
 
 
