@@ -33,16 +33,31 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def launch_command(*args: str) -> dict:
+    """Keyword arguments of subprocess.run / Popen for ``python launch.py ARGS`` in the repository root."""
+    return {"args": [sys.executable, str(ROOT / "launch.py"), *args], "cwd": ROOT, "env": {**os.environ, "PYTHONUNBUFFERED": "1"}}
+
+
 @pytest.fixture(scope="session")
 def launch() -> Callable[..., subprocess.CompletedProcess]:
     """Run ``python launch.py ARGS`` in the repository root and return the completed process."""
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=1800)
+        return subprocess.run(**launch_command(*args), capture_output=True, text=True, timeout=1800)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def start_launch() -> Callable[..., subprocess.Popen]:
+    """Start ``python launch.py ARGS`` in the background, its stdout discarded and its stderr written to
+    the file ``log`` (not a pipe, which would block the process once full while the test polls)."""
+
+    def start(log: Path, *args: str) -> subprocess.Popen:
+        with open(log, "w") as stderr:
+            return subprocess.Popen(**launch_command(*args), stdout=subprocess.DEVNULL, stderr=stderr)
+
+    return start
 
 
 @pytest.fixture(scope="session")

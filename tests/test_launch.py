@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -51,8 +54,6 @@ def test_mesh_is_in_the_world_frame(finished_run, data_dir):
 
 
 def test_resume_continues_at_the_saved_step(launch, finished_run, tmp_path):
-    import shutil
-
     run_dir = tmp_path / "resumed"
     shutil.copytree(finished_run, run_dir)
     before = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -72,8 +73,6 @@ def test_resume_continues_at_the_saved_step(launch, finished_run, tmp_path):
 
 
 def test_export_and_test_modes_rewrite_results(launch, finished_run, tmp_path):
-    import shutil
-
     run_dir = tmp_path / "again"
     shutil.copytree(finished_run, run_dir)
     mesh = run_dir / "meshes" / "final.ply"
@@ -89,46 +88,32 @@ def test_export_and_test_modes_rewrite_results(launch, finished_run, tmp_path):
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
 
 
-def test_sigterm_in_training_exits_non_zero_and_says_how_to_resume(launch, tiny, data_dir, tmp_path):
+def test_sigterm_in_training_exits_non_zero_and_says_how_to_resume(start_launch, tiny, data_dir, tmp_path):
     """A killed run must not look finished to a sweep or a scheduler: exit 128 + SIGTERM, checkpoints kept."""
-    import signal
-    import sys
-    import time
-
     run_dir = tmp_path / "killed_in_training"
-    args = [*tiny, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}", "trainer.max_steps=100000"]
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, str(root / "launch.py"), *args], cwd=root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_launch(tmp_path / "stderr.txt", *tiny, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}", "trainer.max_steps=100000")
     try:
         while proc.poll() is None and not list((run_dir / "checkpoints").glob("step*.ckpt")):
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        stderr = proc.communicate(timeout=120)[1]
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+    stderr = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert f"resume={run_dir}" in stderr.strip().splitlines()[-1]
     assert not (run_dir / "metrics.json").exists() and step_of(next((run_dir / "checkpoints").glob("step*.ckpt"))) >= 3
 
 
-def test_sigterm_in_the_test_phase_ends_the_run_at_once(finished_run, tmp_path):
+def test_sigterm_in_the_test_phase_ends_the_run_at_once(start_launch, finished_run, tmp_path):
     """A plain kill during the Chamfer (minutes on real scenes) stops the process, and the run's
     files are intact."""
-    import os
-    import shutil
-    import signal
-    import sys
-    import time
-
     run_dir = tmp_path / "killed"
     shutil.copytree(finished_run, run_dir)
     mesh, metrics = run_dir / "meshes" / "final.ply", (run_dir / "metrics.json").read_text()
     mesh.unlink()
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, str(root / "launch.py"), f"resume={run_dir}", "mode=test",
-                             "eval.chamfer_points=3000000"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_launch(tmp_path / "stderr.txt", f"resume={run_dir}", "mode=test", "eval.chamfer_points=3000000")
     try:
         while proc.poll() is None and not mesh.exists():  # the mesh is written just before the Chamfer starts
             time.sleep(0.2)
@@ -137,7 +122,7 @@ def test_sigterm_in_the_test_phase_ends_the_run_at_once(finished_run, tmp_path):
         assert proc.wait(timeout=60) == -signal.SIGTERM
     finally:
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
+            proc.kill()
     assert (run_dir / "metrics.json").read_text() == metrics and mesh.stat().st_size > 0
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
 

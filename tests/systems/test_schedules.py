@@ -1,6 +1,10 @@
-"""Loss-weight schedules."""
-import pytest
+"""Loss-weight and learning-rate schedules."""
+from types import SimpleNamespace
 
+import pytest
+import torch
+
+from systems.base import BaseSystem
 from systems.schedules import decay_factor, scheduled
 
 
@@ -25,12 +29,6 @@ def test_learning_rate_decay_holds_or_decays_on_past_its_horizon():
 def test_camera_rate_reaches_the_final_ratio_by_camera_decay_steps_and_decays_on():
     """A 6000-step run: the scene's rate decays over the whole run, the cameras' over the first 3000
     steps (after their own warm-up ramp), then on at the same rate."""
-    from types import SimpleNamespace
-
-    import torch
-
-    from systems.base import BaseSystem
-
     scene, camera = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     fake = SimpleNamespace(
         param_groups=lambda: [{"name": "encoder", "params": [scene], "lr": 1.0}, {"name": "camera", "params": [camera], "lr": 1.0}],
