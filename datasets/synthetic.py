@@ -1,7 +1,14 @@
 """The project's default scene: a textured object with an analytic SDF, rendered to the NeuS layout.
 
-The object (normalised frame, inside the unit sphere) is a polynomial smooth union (Quilez, "smooth
-minimum") of a sphere and a torus around the z axis; the crease where they meet is a concavity.
+``shape`` picks the object (normalised frame, inside the sphere of radius BOUND_RADIUS), each with its own
+procedural albedo:
+
+- ``sphere_torus`` (the default): a polynomial smooth union (Quilez, "smooth minimum") of a sphere and a
+  torus around the z axis; the crease where they meet is a concavity.
+- ``box_ellipsoid``: a tilted rounded box smoothly joined to an off-centre ellipsoid; no symmetry axis.
+- ``handle``: a rounded cylinder with a thin (0.09) ring handle on its side; thin parts and a through hole.
+- ``bowl``: a tilted spherical shell cut open above its equator; a deep concavity with 0.1-thick walls.
+
 Views are rendered by sphere tracing (Hart, "Sphere tracing", The Visual Computer 1996) with 2x2
 supersampling; the ground-truth mesh is extracted with marching cubes (Lorensen & Cline, SIGGRAPH 1987).
 The world frame is DTU-like (millimetres): ``world = scale_mat @ normalised``.
@@ -16,6 +23,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import mcubes
@@ -30,9 +38,20 @@ from datasets.scene import Scene
 from models.rays import image_rays, intersect_sphere
 
 FORMAT_VERSION = 2
+DEFAULT_SHAPE = "sphere_torus"
 SPHERE_CENTRE, SPHERE_RADIUS = (0.0, 0.0, 0.15), 0.40
 TORUS_CENTRE, TORUS_RADII = (0.0, 0.0, -0.12), (0.50, 0.16)  # major radius around z, tube radius
 BLEND = 0.08  # smooth-min width
+# box_ellipsoid; a tilt is (rotation axis, degrees) about the part's centre
+BOX_CENTRE, BOX_HALF_SIZE, BOX_ROUNDING = (-0.14, 0.06, -0.08), (0.36, 0.26, 0.22), 0.06
+BOX_TILT = ((0.3, 1.0, 0.4), 30.0)
+ELLIPSOID_CENTRE, ELLIPSOID_RADII, ELLIPSOID_TILT = (0.20, -0.12, 0.16), (0.36, 0.22, 0.17), ((1.0, 0.0, 0.5), -40.0)
+BOX_BLEND = 0.06
+# handle: a can around z, and a ring in the xz plane (major radius, tube radius) on its +x side
+CAN_CENTRE, CAN_RADIUS, CAN_HALF_HEIGHT, CAN_ROUNDING = (-0.08, 0.0, 0.0), 0.32, 0.44, 0.05
+HANDLE_CENTRE, HANDLE_RADII, HANDLE_BLEND = (0.24, 0.0, 0.02), (0.33, 0.045), 0.03
+# bowl: a shell of sphere radius BOWL_RADIUS, cut by the plane BOWL_CUT above its centre, half wall thickness BOWL_WALL
+BOWL_CENTRE, BOWL_RADIUS, BOWL_CUT, BOWL_WALL, BOWL_TILT = (0.0, 0.0, 0.10), 0.52, 0.20, 0.05, ((1.0, 1.0, 0.0), 20.0)
 LIGHT_DIR = (0.40, -0.30, 0.866)  # towards the light, world/normalised frame (z up)
 CAMERA_DISTANCE = 3.0
 FOV_Y_DEG = 35.0
@@ -40,46 +59,164 @@ ELEVATIONS_DEG = (-30.0, 60.0)  # some views from below, so every part of the GT
 WORLD_TRANSLATION = (15.0, -30.0, 550.0)
 MESH_RESOLUTION = 256
 SUPERSAMPLE = 2
-BOUND_RADIUS = 0.7  # the object lies inside this sphere (max radius 0.675): rays start on it
+BOUND_RADIUS = 0.7  # every shape lies inside this sphere (max radius 0.675, sphere_torus): rays start on it
 _HIT_EPS, _GRAZE_EPS, _MAX_STEPS = 1e-4, 1e-3, 100
 
 
+def _rotation(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
+    """(3, 3) rotation about ``axis`` by ``degrees`` (Rodrigues' formula)."""
+    k = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    a = math.radians(degrees)
+    return np.eye(3) + math.sin(a) * cross + (1.0 - math.cos(a)) * cross @ cross
+
+
+def _local(points: torch.Tensor, centre: tuple[float, float, float], tilt: tuple[tuple, float]) -> torch.Tensor:
+    """(P, 3) -> (P, 3) coordinates in the frame of a part placed at ``centre`` and rotated by ``tilt``."""
+    return (points - points.new_tensor(centre)) @ points.new_tensor(_rotation(*tilt))
+
+
 def _smooth_min(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
-    """Polynomial smooth minimum of two distances (blend width k)."""
+    """Polynomial smooth minimum of two distances (blend width k); 1-Lipschitz when a and b are."""
     h = (0.5 + 0.5 * (b - a) / k).clamp(0.0, 1.0)
     return b + (a - b) * h - k * h * (1.0 - h)
 
 
-def scene_sdf(points: torch.Tensor) -> torch.Tensor:
-    """Signed distance (P, 3) -> (P,) of the object in the normalised frame (negative inside).
+def _torus(q: torch.Tensor, major: float, tube: float) -> torch.Tensor:
+    """Exact torus around the local z axis (Quilez, "distance functions": sdTorus), (P, 3) -> (P,)."""
+    ring = torch.stack([q[:, :2].norm(dim=-1) - major, q[:, 2]], dim=-1)
+    return ring.norm(dim=-1) - tube
+
+
+def _rounded_box(q: torch.Tensor, half_size: tuple[float, float, float], rounding: float) -> torch.Tensor:
+    """Exact rounded box (Quilez, "distance functions": sdRoundBox), (P, 3) -> (P,)."""
+    d = q.abs() - q.new_tensor(half_size) + rounding
+    return d.clamp_min(0.0).norm(dim=-1) + d.amax(dim=-1).clamp_max(0.0) - rounding
+
+
+def _rounded_cylinder(q: torch.Tensor, radius: float, half_height: float, rounding: float) -> torch.Tensor:
+    """Exact cylinder around the local z axis with rounded rims (Quilez: sdCappedCylinder, rounded), (P, 3) -> (P,)."""
+    d = torch.stack([q[:, :2].norm(dim=-1), q[:, 2].abs()], dim=-1) - q.new_tensor([radius, half_height]) + rounding
+    return d.clamp_min(0.0).norm(dim=-1) + d.amax(dim=-1).clamp_max(0.0) - rounding
+
+
+def _ellipsoid(q: torch.Tensor, radii: tuple[float, float, float]) -> torch.Tensor:
+    """Axis-aligned ellipsoid (P, 3) -> (P,): min(radii) (|q / radii| - 1), 1-Lipschitz and zero on the surface.
+
+    A lower bound of the distance (which has no closed form; Quilez, "ellipsoid SDF"), hence safe to sphere trace.
+    """
+    return min(radii) * ((q / q.new_tensor(radii)).norm(dim=-1) - 1.0)
+
+
+def _sphere_torus_sdf(points: torch.Tensor) -> torch.Tensor:
+    """Smooth union of a sphere and a torus around z, (P, 3) -> (P,).
 
     Exact away from the sphere/torus crease; within the smooth-min band it is a 1-Lipschitz lower bound
     (the gradient norm drops to about 0.35 on the surface there), so sphere tracing stays safe.
     """
     sphere = (points - points.new_tensor(SPHERE_CENTRE)).norm(dim=-1) - SPHERE_RADIUS
-    q = points - points.new_tensor(TORUS_CENTRE)
-    ring = torch.stack([q[:, :2].norm(dim=-1) - TORUS_RADII[0], q[:, 2]], dim=-1)
-    return _smooth_min(sphere, ring.norm(dim=-1) - TORUS_RADII[1], BLEND)
+    return _smooth_min(sphere, _torus(points - points.new_tensor(TORUS_CENTRE), *TORUS_RADII), BLEND)
 
 
-def albedo(points: torch.Tensor) -> torch.Tensor:
-    """Smooth procedural colour (P, 3) -> (P, 3) in [0.15, 0.9]: a checker in xy mixed with slanted bands."""
+def _box_ellipsoid_sdf(points: torch.Tensor) -> torch.Tensor:
+    """Smooth union of a tilted rounded box and an off-centre tilted ellipsoid, (P, 3) -> (P,); a 1-Lipschitz bound."""
+    box = _rounded_box(_local(points, BOX_CENTRE, BOX_TILT), BOX_HALF_SIZE, BOX_ROUNDING)
+    return _smooth_min(box, _ellipsoid(_local(points, ELLIPSOID_CENTRE, ELLIPSOID_TILT), ELLIPSOID_RADII), BOX_BLEND)
+
+
+def _handle_sdf(points: torch.Tensor) -> torch.Tensor:
+    """A rounded cylinder ("can") with a ring handle in the xz plane on its +x side, (P, 3) -> (P,)."""
+    can = _rounded_cylinder(points - points.new_tensor(CAN_CENTRE), CAN_RADIUS, CAN_HALF_HEIGHT, CAN_ROUNDING)
+    ring = _torus((points - points.new_tensor(HANDLE_CENTRE))[:, [0, 2, 1]], *HANDLE_RADII)  # ring axis: y
+    return _smooth_min(can, ring, HANDLE_BLEND)
+
+
+def _bowl_sdf(points: torch.Tensor) -> torch.Tensor:
+    """Exact thick spherical shell cut open at height BOWL_CUT (Quilez: sdCutHollowSphere), tilted, (P, 3) -> (P,)."""
+    q = _local(points, BOWL_CENTRE, BOWL_TILT)
+    rho, z = q[:, :2].norm(dim=-1), q[:, 2]
+    rim_rho = math.sqrt(BOWL_RADIUS**2 - BOWL_CUT**2)
+    to_rim = torch.stack([rho - rim_rho, z - BOWL_CUT], dim=-1).norm(dim=-1)
+    shell = (q.norm(dim=-1) - BOWL_RADIUS).abs()
+    return torch.where(BOWL_CUT * rho < rim_rho * z, to_rim, shell) - BOWL_WALL
+
+
+def _mix(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Three patterns in [-1, 1] -> (P, 3) colours in [0.15, 0.9]."""
+    return 0.525 + 0.375 * torch.stack([a, b, c], -1)
+
+
+def _sphere_torus_albedo(points: torch.Tensor) -> torch.Tensor:
+    """A checker in xy mixed with slanted bands, (P, 3) -> (P, 3)."""
     x, y, z = points.unbind(-1)
     checker = torch.sin(11.0 * x + 1.0) * torch.sin(11.0 * y + 2.0)
     bands = torch.sin(13.0 * z + 4.0 * x)
     stripes = torch.sin(9.0 * y - 6.0 * z + 0.5)
-    mix = torch.stack([0.7 * checker + 0.3 * bands, 0.3 * checker - 0.7 * bands, 0.5 * stripes - 0.5 * checker], -1)
-    return 0.525 + 0.375 * mix
+    return _mix(0.7 * checker + 0.3 * bands, 0.3 * checker - 0.7 * bands, 0.5 * stripes - 0.5 * checker)
 
 
-def _normals(points: torch.Tensor, h: float = 1e-3) -> torch.Tensor:
+def _box_ellipsoid_albedo(points: torch.Tensor) -> torch.Tensor:
+    """A sharpened 3D checker over fine diagonal stripes, (P, 3) -> (P, 3)."""
+    x, y, z = points.unbind(-1)
+    dots = torch.tanh(4.0 * torch.sin(16.0 * x) * torch.sin(16.0 * y + 1.0) * torch.sin(16.0 * z + 2.0))
+    stripes = torch.sin(23.0 * (x + y - z))
+    return _mix(0.6 * dots + 0.4 * stripes, 0.8 * dots - 0.2 * stripes, 0.3 * stripes - 0.5 * dots)
+
+
+def _handle_albedo(points: torch.Tensor) -> torch.Tensor:
+    """Concentric shells about the origin, slanted rings and wavy bands, (P, 3) -> (P, 3)."""
+    x, y, z = points.unbind(-1)
+    shells = torch.sin(19.0 * points.norm(dim=-1))
+    rings = torch.sin(21.0 * z + 3.0 * y)
+    waves = torch.sin(7.0 * x + 2.0 * torch.sin(8.0 * y))
+    return _mix(0.3 * shells - 0.6 * rings, 0.5 * waves + 0.4 * shells, 0.7 * rings + 0.3 * waves)
+
+
+def _bowl_albedo(points: torch.Tensor) -> torch.Tensor:
+    """A plaid of two slanted stripe families with a fine diagonal hatch, (P, 3) -> (P, 3)."""
+    x, y, z = points.unbind(-1)
+    u = torch.sin(17.0 * x + 5.0 * z)
+    v = torch.sin(17.0 * y - 4.0 * z + 1.0)
+    fine = torch.sin(31.0 * (x - y))
+    return _mix(0.5 * u - 0.3 * v + 0.2 * fine, 0.4 * u + 0.5 * v, -0.6 * u * v + 0.3 * fine)
+
+
+SHAPES = {  # name: (SDF, albedo), both of normalised points
+    "sphere_torus": (_sphere_torus_sdf, _sphere_torus_albedo),
+    "box_ellipsoid": (_box_ellipsoid_sdf, _box_ellipsoid_albedo),
+    "handle": (_handle_sdf, _handle_albedo),
+    "bowl": (_bowl_sdf, _bowl_albedo),
+}
+
+
+def _check_shape(shape: str) -> None:
+    """Raise InputError for a name that is not in SHAPES."""
+    if shape not in SHAPES:
+        raise InputError("dataset.shape", f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+
+
+def scene_sdf(points: torch.Tensor, shape: str = DEFAULT_SHAPE) -> torch.Tensor:
+    """Signed distance (P, 3) -> (P,) of ``shape`` in the normalised frame (negative inside); 1-Lipschitz."""
+    _check_shape(shape)
+    return SHAPES[shape][0](points)
+
+
+def albedo(points: torch.Tensor, shape: str = DEFAULT_SHAPE) -> torch.Tensor:
+    """Smooth procedural colour (P, 3) -> (P, 3) in [0.15, 0.9] of ``shape``."""
+    _check_shape(shape)
+    return SHAPES[shape][1](points)
+
+
+def _normals(sdf: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor, h: float = 1e-3) -> torch.Tensor:
     """Unit SDF gradients (P, 3) by central differences."""
     offsets = torch.eye(3, dtype=points.dtype) * h
-    grad = torch.stack([scene_sdf(points + o) - scene_sdf(points - o) for o in offsets], dim=-1)
+    grad = torch.stack([sdf(points + o) - sdf(points - o) for o in offsets], dim=-1)
     return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _sphere_trace(origins: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _sphere_trace(
+    sdf: Callable[[torch.Tensor], torch.Tensor], origins: torch.Tensor, dirs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """March (R, 3) rays from their bounding-sphere entry; returns hit distances (R,) and hit flags (R,).
 
     Rays still marching after the step budget graze the silhouette; they count as hits when within _GRAZE_EPS.
@@ -90,25 +227,26 @@ def _sphere_trace(origins: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tens
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
-        step = scene_sdf(origins[idx] + t[idx, None] * dirs[idx])
+        step = sdf(origins[idx] + t[idx, None] * dirs[idx])
         t[idx] += step
         dist[idx] = step
         active[idx[(step < _HIT_EPS) | (t[idx] > far[idx])]] = False
     return t, (dist < _GRAZE_EPS) & (t <= far)
 
 
-def _render(K: np.ndarray, c2w: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def _render(K: np.ndarray, c2w: np.ndarray, width: int, height: int, shape: str) -> tuple[np.ndarray, np.ndarray]:
     """One view: (H, W, 3) shaded colour on black and (H, W) coverage, both averaged over 2x2 subpixels."""
+    sdf, colours = SHAPES[shape]
     s = SUPERSAMPLE
     K_sub = K.copy()
     K_sub[:2] *= s  # subpixel grid: pixel u spans subpixels [s u, s u + s)
     rays = image_rays(torch.from_numpy(K_sub).float(), torch.from_numpy(c2w).float(), height * s, width * s)
-    t, hit = _sphere_trace(rays.origins, rays.directions)
+    t, hit = _sphere_trace(sdf, rays.origins, rays.directions)
     points = rays.origins[hit] + t[hit, None] * rays.directions[hit]
     light = torch.nn.functional.normalize(torch.tensor(LIGHT_DIR), dim=0)
-    shade = 0.25 + 0.75 * (_normals(points) @ light).clamp_min(0.0)
+    shade = 0.25 + 0.75 * (_normals(sdf, points) @ light).clamp_min(0.0)
     colour = torch.zeros(hit.shape[0], 3)
-    colour[hit] = albedo(points) * shade[:, None]
+    colour[hit] = colours(points) * shade[:, None]
     colour = colour.reshape(height, s, width, s, 3).mean(dim=(1, 3))
     coverage = hit.float().reshape(height, s, width, s).mean(dim=(1, 3))
     return colour.numpy(), coverage.numpy()
@@ -141,13 +279,14 @@ def camera_rig(n_views: int, width: int, height: int) -> tuple[np.ndarray, np.nd
     return K, np.stack([_look_at(CAMERA_DISTANCE * d) for d in dirs])
 
 
-def _gt_mesh(scale_mat: np.ndarray) -> trimesh.Trimesh:
-    """Marching-cubes mesh of scene_sdf on a grid over [-1, 1]^3, outward faces, world coordinates."""
+def _gt_mesh(scale_mat: np.ndarray, shape: str) -> trimesh.Trimesh:
+    """Marching-cubes mesh of the shape's SDF on a grid over [-1, 1]^3, outward faces, world coordinates."""
     n = MESH_RESOLUTION
     axis = torch.linspace(-1.0, 1.0, n)
     yz = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(1, -1, 2)
+    sdf = SHAPES[shape][0]
     volume = np.concatenate([  # 16 x-slices at a time keeps memory small
-        scene_sdf(torch.cat([xs[:, None, None].expand(-1, n * n, 1), yz.expand(len(xs), -1, -1)], -1).reshape(-1, 3))
+        sdf(torch.cat([xs[:, None, None].expand(-1, n * n, 1), yz.expand(len(xs), -1, -1)], -1).reshape(-1, 3))
         .reshape(-1, n, n).numpy()
         for xs in axis.split(16)
     ])
@@ -165,7 +304,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             archive.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue())
 
 
-def _write_scene(folder: Path, params: dict) -> None:
+def _write_scene(folder: Path, params: dict, shape: str) -> None:
     """Render every view and write the NeuS-layout files into an existing empty ``folder``."""
     K, c2ws = camera_rig(params["n_views"], params["width"], params["height"])
     scale_mat = np.diag([params["world_scale"]] * 3 + [1.0])
@@ -174,7 +313,7 @@ def _write_scene(folder: Path, params: dict) -> None:
     (folder / "mask").mkdir()
     cameras = {}
     for i, c2w in enumerate(c2ws):
-        colour, coverage = _render(K, c2w, params["width"], params["height"])
+        colour, coverage = _render(K, c2w, params["width"], params["height"], shape)
         Image.fromarray(np.round(colour * 255.0).clip(0, 255).astype(np.uint8)).save(folder / "image" / f"{i:03d}.png")
         Image.fromarray(np.where(coverage > 0.5, 255, 0).astype(np.uint8)).save(folder / "mask" / f"{i:03d}.png")
         world_mat = np.eye(4)
@@ -183,11 +322,11 @@ def _write_scene(folder: Path, params: dict) -> None:
         cameras |= {f"world_mat_{i}": world_mat, f"world_mat_inv_{i}": np.linalg.inv(world_mat),
                     f"scale_mat_{i}": scale_mat, f"scale_mat_inv_{i}": np.linalg.inv(scale_mat)}
     _save_npz(folder / "cameras_sphere.npz", cameras)
-    _gt_mesh(scale_mat).export(folder / "gt_mesh.ply")
+    _gt_mesh(scale_mat, shape).export(folder / "gt_mesh.ply")
     (folder / "scene.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
 
 
-def _generate(out_dir: Path, n_views: int, width: int, height: int, world_scale: float) -> None:
+def _generate(out_dir: Path, n_views: int, width: int, height: int, world_scale: float, shape: str) -> None:
     """Write the scene to a temporary sibling folder, then rename it to ``out_dir`` (never a half scene).
 
     If ``out_dir`` appears meanwhile (a concurrent generation), it is kept: generation is deterministic.
@@ -197,17 +336,20 @@ def _generate(out_dir: Path, n_views: int, width: int, height: int, world_scale:
             raise InputError(f"dataset.{key}", f"must be an integer >= {low}, got {value!r}")
     if not world_scale > 0:
         raise InputError("dataset.world_scale", f"must be > 0, got {world_scale!r}")
+    _check_shape(shape)
+    # The default shape keeps its original entries (and scene.json bytes); the others record their name.
+    geometry = ({"sphere": [SPHERE_CENTRE, SPHERE_RADIUS], "torus": [TORUS_CENTRE, TORUS_RADII], "blend": BLEND}
+                if shape == DEFAULT_SHAPE else {"shape": shape})
     params = {"format_version": FORMAT_VERSION, "n_views": n_views, "width": width, "height": height,
               "world_scale": float(world_scale), "world_translation": WORLD_TRANSLATION,
               "camera_distance": CAMERA_DISTANCE, "fov_y_deg": FOV_Y_DEG, "elevations_deg": ELEVATIONS_DEG,
-              "sphere": [SPHERE_CENTRE, SPHERE_RADIUS], "torus": [TORUS_CENTRE, TORUS_RADII], "blend": BLEND,
-              "light_dir": LIGHT_DIR, "supersample": SUPERSAMPLE, "mesh_resolution": MESH_RESOLUTION}
+              "light_dir": LIGHT_DIR, "supersample": SUPERSAMPLE, "mesh_resolution": MESH_RESOLUTION, **geometry}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # many small kernels: one thread is faster, and several thrash on a busy CPU
     try:
-        _write_scene(tmp, params)
+        _write_scene(tmp, params, shape)
         try:
             os.rename(tmp, out_dir)
         except OSError:
@@ -218,18 +360,30 @@ def _generate(out_dir: Path, n_views: int, width: int, height: int, world_scale:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def generate_scene(out_dir: str, n_views: int = 32, width: int = 200, height: int = 150, world_scale: float = 100.0) -> str:
+def generate_scene(
+    out_dir: str, n_views: int = 32, width: int = 200, height: int = 150, world_scale: float = 100.0,
+    shape: str = DEFAULT_SHAPE,
+) -> str:
     """Render the synthetic scene into a new folder ``out_dir`` (NeuS layout + gt_mesh.ply + scene.json)."""
     if Path(out_dir).exists():
         raise InputError(str(out_dir), "already exists; generate_scene writes a new folder")
-    _generate(Path(out_dir), n_views, width, height, world_scale)
+    _generate(Path(out_dir), n_views, width, height, world_scale, shape)
     return str(out_dir)
 
 
-def cache_folder(cache_dir: str, n_views: int, width: int, height: int, world_scale: float) -> Path:
-    """``cache_dir/synthetic_<hash>``, the hash covering the parameters and the format version."""
-    key = json.dumps([FORMAT_VERSION, n_views, width, height, float(world_scale)])
-    return Path(cache_dir) / f"synthetic_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+def scene_name(shape: str = DEFAULT_SHAPE) -> str:
+    """``synthetic`` for the default shape, ``synthetic_<shape>`` for the others."""
+    return "synthetic" if shape == DEFAULT_SHAPE else f"synthetic_{shape}"
+
+
+def cache_folder(cache_dir: str, n_views: int, width: int, height: int, world_scale: float,
+                 shape: str = DEFAULT_SHAPE) -> Path:
+    """``cache_dir/<scene_name>_<hash>``, the hash covering the parameters and the format version.
+
+    The default shape is left out of the hash, so its folder keeps the name it had before shapes existed.
+    """
+    key = [FORMAT_VERSION, n_views, width, height, float(world_scale)] + ([] if shape == DEFAULT_SHAPE else [shape])
+    return Path(cache_dir) / f"{scene_name(shape)}_{hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]}"
 
 
 def load_synthetic_scene(
@@ -240,10 +394,11 @@ def load_synthetic_scene(
     world_scale: float = 100.0,
     test_every: int = 8,
     test_views: list[int] | None = None,
+    shape: str = DEFAULT_SHAPE,
 ) -> Scene:
-    """The synthetic scene, generated into ``cache_dir`` on first use and loaded from there afterwards."""
-    folder = cache_folder(cache_dir, n_views, width, height, world_scale)
+    """The synthetic scene of ``shape``, generated into ``cache_dir`` on first use and loaded from there afterwards."""
+    folder = cache_folder(cache_dir, n_views, width, height, world_scale, shape)
     if not folder.is_dir():
-        _generate(folder, n_views, width, height, world_scale)
+        _generate(folder, n_views, width, height, world_scale, shape)
     return load_npz_scene(str(folder), test_views=test_views, test_every=test_every,
-                          gt_path=str(folder / "gt_mesh.ply"), name="synthetic")
+                          gt_path=str(folder / "gt_mesh.ply"), name=scene_name(shape))

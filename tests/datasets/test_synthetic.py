@@ -1,12 +1,15 @@
-"""The default synthetic scene: determinism, caching, atomic writes and ground-truth consistency."""
+"""The synthetic scenes: determinism, caching, atomic writes, ground-truth consistency and the shape family."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import trimesh
+from omegaconf import OmegaConf
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
@@ -15,6 +18,17 @@ from datasets.errors import InputError
 from datasets.npz import load_npz_scene
 
 SMALL = {"n_views": 6, "width": 64, "height": 48}
+NEW_SHAPES = [name for name in synthetic.SHAPES if name != synthetic.DEFAULT_SHAPE]
+
+
+@pytest.fixture(scope="module", params=list(synthetic.SHAPES))
+def shape_scene(request: pytest.FixtureRequest, small_synthetic: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> tuple[str, Path]:
+    """(shape, folder of its SMALL scene); the default shape reuses the session's small_synthetic."""
+    if request.param == synthetic.DEFAULT_SHAPE:
+        return request.param, small_synthetic
+    folder = tmp_path_factory.mktemp(request.param) / "scene"
+    return request.param, Path(synthetic.generate_scene(str(folder), **SMALL, shape=request.param))
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -46,7 +60,7 @@ def test_load_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(scale_mat: np.ndarray) -> None:
+    def broken(scale_mat: np.ndarray, shape: str) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(synthetic, "_gt_mesh", broken)
@@ -69,23 +83,27 @@ def _project(points: np.ndarray, K: torch.Tensor, c2w: torch.Tensor) -> np.ndarr
     return cam[:, :2] / cam[:, 2:]
 
 
-def test_gt_mesh_matches_sdf_and_masks(small_synthetic: Path) -> None:
-    scene = load_npz_scene(str(small_synthetic))
+def test_gt_mesh_matches_sdf_and_masks(shape_scene: tuple[str, Path]) -> None:
+    shape, folder = shape_scene
+    scene = load_npz_scene(str(folder))
     mesh = trimesh.load(scene.gt_path, process=False)
     assert mesh.is_watertight and mesh.volume > 0  # outward faces
     world = np.asarray(mesh.vertices)
     assert np.abs(world.mean(0) - [15.0, -30.0, 550.0]).max() < 20.0  # DTU-like millimetres
     points = world @ np.linalg.inv(scene.scale_mat)[:3, :3].T + np.linalg.inv(scene.scale_mat)[:3, 3]
-    assert np.abs(synthetic.scene_sdf(torch.from_numpy(points).float()).numpy()).max() < 0.01
+    assert np.abs(synthetic.scene_sdf(torch.from_numpy(points).float(), shape).numpy()).max() < 0.01
     assert 0.6 < np.linalg.norm(points, axis=1).max() < synthetic.BOUND_RADIUS
+    # Straight diagonal silhouettes (box edges, the thin handle) leave half-covered pixels (2 of 4 subsamples, not
+    # in the mask) in a staircase, so a vertex can sit diagonally next to the mask: allow 8-neighbours there.
+    structure = None if shape == synthetic.DEFAULT_SHAPE else np.ones((3, 3), bool)
     for i in range(scene.n_views):
-        mask = binary_dilation(scene.masks[i].numpy() > 0.5, iterations=1)
+        mask = binary_dilation(scene.masks[i].numpy() > 0.5, structure=structure, iterations=1)
         pixels = np.floor(_project(points, scene.intrinsics[i], scene.c2w[i])).astype(int)
         assert mask[pixels[:, 1], pixels[:, 0]].all(), f"view {i}"
 
 
-def test_default_rig_frames_the_whole_object(small_synthetic: Path) -> None:
-    points = np.asarray(trimesh.load(small_synthetic / "gt_mesh.ply", process=False).vertices)
+def test_default_rig_frames_the_whole_object(shape_scene: tuple[str, Path]) -> None:
+    points = np.asarray(trimesh.load(shape_scene[1] / "gt_mesh.ply", process=False).vertices)
     points = (points - [15.0, -30.0, 550.0]) / 100.0
     K, c2w = synthetic.camera_rig(32, 200, 150)
     elevations = np.degrees(np.arcsin(c2w[:, 2, 3] / 3.0))
@@ -97,12 +115,13 @@ def test_default_rig_frames_the_whole_object(small_synthetic: Path) -> None:
         assert (pixels > 5).all() and (pixels < [195, 145]).all()
 
 
-def test_images_and_texture(small_synthetic: Path) -> None:
-    image = np.asarray(Image.open(small_synthetic / "image" / "000.png"))
-    mask = np.asarray(Image.open(small_synthetic / "mask" / "000.png"))
+def test_images_and_texture(shape_scene: tuple[str, Path]) -> None:
+    shape, folder = shape_scene
+    image = np.asarray(Image.open(folder / "image" / "000.png"))
+    mask = np.asarray(Image.open(folder / "mask" / "000.png"))
     assert image.shape == (48, 64, 3) and set(np.unique(mask)) == {0, 255}
     assert image[mask == 0].mean() < 10 and image[mask == 255].std() > 20  # black background, textured object
-    colours = synthetic.albedo(torch.rand(10000, 3) * 2 - 1)
+    colours = synthetic.albedo(torch.rand(10000, 3) * 2 - 1, shape)
     assert colours.min() >= 0.15 and colours.max() <= 0.9 and colours.std(0).min() > 0.1
 
 
@@ -112,3 +131,84 @@ def test_scene_sdf_values_and_lipschitz() -> None:
     points = (torch.rand(20000, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1).requires_grad_()
     (grad,) = torch.autograd.grad(synthetic.scene_sdf(points).sum(), points)
     assert grad.norm(dim=-1).max() < 1.0 + 1e-5
+
+
+def test_default_cache_folder_is_unchanged(tmp_path: Path) -> None:
+    # The names the default scene had before shapes existed: earlier benchmark figures were measured on these scenes.
+    assert synthetic.cache_folder(str(tmp_path), 32, 200, 150, 100.0).name == "synthetic_21c3cbfdf9"
+    assert synthetic.cache_folder(str(tmp_path), **SMALL, world_scale=100.0).name == "synthetic_5ed7c5d2d9"
+    names = {synthetic.cache_folder(str(tmp_path), **SMALL, world_scale=100.0, shape=s).name for s in synthetic.SHAPES}
+    assert "synthetic_5ed7c5d2d9" in names
+    assert len(names) == len(synthetic.SHAPES)
+    assert all(any(name.startswith(f"synthetic_{s}_") for name in names) for s in NEW_SHAPES)
+
+
+def test_shape_is_recorded_and_cached(shape_scene: tuple[str, Path], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    shape, folder = shape_scene
+    assert json.loads((folder / "scene.json").read_text()).get("shape", synthetic.DEFAULT_SHAPE) == shape
+    shutil.copytree(folder, synthetic.cache_folder(str(tmp_path), **SMALL, world_scale=100.0, shape=shape))
+    monkeypatch.setattr(synthetic, "_generate", None)  # loading must not regenerate
+    scene = synthetic.load_synthetic_scene(str(tmp_path), **SMALL, shape=shape)
+    assert scene.name == ("synthetic" if shape == synthetic.DEFAULT_SHAPE else f"synthetic_{shape}")
+
+
+def test_unknown_shape(tmp_path: Path) -> None:
+    for call in (lambda: synthetic.load_synthetic_scene(str(tmp_path), **SMALL, shape="cube"),
+                 lambda: synthetic.generate_scene(str(tmp_path / "x"), **SMALL, shape="cube"),
+                 lambda: synthetic.scene_sdf(torch.zeros(1, 3), "cube")):
+        with pytest.raises(InputError, match=r"^dataset\.shape: unknown shape 'cube'; choose one of sphere_torus, "):
+            call()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_names_runs_by_shape() -> None:
+    cfg = OmegaConf.load(Path(__file__).parents[2] / "configs" / "dataset" / "synthetic.yaml")
+    assert cfg.shape == synthetic.DEFAULT_SHAPE and cfg.name == "synthetic_sphere_torus"
+    cfg.shape = "bowl"
+    assert cfg.name == "synthetic_bowl"
+
+
+def _interior_points() -> dict[str, list]:
+    """Per shape: points that must be inside (a thin handle, the bottom of the bowl's wall) and outside (its cavity)."""
+    bowl_tilt = synthetic._rotation(*synthetic.BOWL_TILT)
+    bowl_bottom = np.add(synthetic.BOWL_CENTRE, bowl_tilt @ [0.0, 0.0, -synthetic.BOWL_RADIUS])
+    return {"sphere_torus": [[(0.0, 0.0, 0.15)], [(0.0, 0.0, 0.6)]],
+            "box_ellipsoid": [[synthetic.BOX_CENTRE, synthetic.ELLIPSOID_CENTRE], [(0.0, 0.0, 0.6)]],
+            "handle": [[synthetic.CAN_CENTRE, np.add(synthetic.HANDLE_CENTRE, (synthetic.HANDLE_RADII[0], 0.0, 0.0))],
+                       [np.add(synthetic.HANDLE_CENTRE, (0.15, 0.0, 0.0))]],  # the hole in the handle
+            "bowl": [[bowl_bottom], [synthetic.BOWL_CENTRE]]}
+
+
+@pytest.mark.parametrize("shape", list(synthetic.SHAPES))
+def test_shape_sdf(shape: str) -> None:
+    inside, outside = (torch.tensor(np.array(p, dtype=np.float32)) for p in _interior_points()[shape])
+    assert (synthetic.scene_sdf(inside, shape) < -0.02).all() and (synthetic.scene_sdf(outside, shape) > 0.02).all()
+    on_bound = torch.nn.functional.normalize(torch.randn(5000, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
+    assert (synthetic.scene_sdf(on_bound * synthetic.BOUND_RADIUS, shape) > 0.0).all()
+    points = (torch.rand(20000, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1).requires_grad_()
+    (grad,) = torch.autograd.grad(synthetic.scene_sdf(points, shape).sum(), points)
+    assert grad.norm(dim=-1).max() < 1.0 + 1e-5  # 1-Lipschitz: sphere tracing never overshoots
+
+
+def test_shapes_differ() -> None:
+    r, z, angle = torch.meshgrid(torch.linspace(0.05, 0.65, 13), torch.linspace(-0.6, 0.6, 13),
+                                 torch.linspace(0.0, 2 * np.pi, 12), indexing="ij")
+    turned = torch.stack([r * angle.cos(), r * angle.sin(), z], -1).reshape(-1, 3)
+    ref = torch.stack([r, torch.zeros_like(r), z], -1).reshape(-1, 3)
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-0.7, 0.7, 48)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    occupancy = {s: synthetic.scene_sdf(grid, s) < 0 for s in synthetic.SHAPES}
+    for shape in synthetic.SHAPES:
+        spread = (synthetic.scene_sdf(turned, shape) - synthetic.scene_sdf(ref, shape)).abs().max()
+        assert spread > 0.05 if shape in NEW_SHAPES else spread < 1e-5  # only the default is a solid of revolution
+    for a in synthetic.SHAPES:
+        for b in synthetic.SHAPES:
+            iou = (occupancy[a] & occupancy[b]).sum() / (occupancy[a] | occupancy[b]).sum()
+            assert iou < 0.7 or a == b, (a, b)
+
+
+def test_gt_volumes_differ(shape_scene: tuple[str, Path], small_synthetic: Path) -> None:
+    shape, folder = shape_scene
+    volume = trimesh.load(folder / "gt_mesh.ply", process=False).volume
+    default = trimesh.load(small_synthetic / "gt_mesh.ply", process=False).volume
+    assert abs(volume / default - 1.0) > 0.1 or shape == synthetic.DEFAULT_SHAPE
