@@ -3,12 +3,13 @@
     python launch.py                                        # NeuS on the embedded synthetic scene
     python launch.py dataset=dtu scan=24 data_dir=../shared/data
     python launch.py -m encoder=hashgrid,frequency          # a sweep
-    python launch.py resume=outputs/neus-synthetic/<time>   # continue a killed run
+    python launch.py resume=outputs/neus-synthetic_sphere_torus/<time>   # continue a killed run
     python launch.py resume=<run dir> mode=test             # re-export and re-evaluate
 """
 from __future__ import annotations
 
-import shutil
+import logging
+import re
 import signal
 import sys
 import time
@@ -19,21 +20,34 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from datasets.errors import InputError
-from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm
+from systems.config import check_sections, check_targets, register_configs
+from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, resume_hint
 from systems.inspect import inspect_init, transfer
+from systems.run_dir import HYDRA_ENTRIES, check_new_run_dir, find_checkpoint, folder_state, remove_created, remove_temporaries
 
+log = logging.getLogger("launch")
 MODES = ("train", "test", "eval", "export", "inspect_init", "transfer")
 # Keys of a dataset config that describe it rather than being loader arguments.
 DATASET_META = ("name", "scene", "background")
-RESULT_NAMES = ("checkpoints", "meshes", "metrics.json", "renders", "cameras_refined.npz")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# Whether an explicit hydra.run.dir existed before this process (set by prepare_argv; None: Hydra made it).
+RUN_DIR_EXISTED: bool | None = None
+# One line per failed job of a sweep, reported when the sweep ends.
+FAILED_JOBS: list[str] = []
+register_configs()
 
 
 def _arg(argv: list[str], key: str) -> str | None:
@@ -42,60 +56,96 @@ def _arg(argv: list[str], key: str) -> str | None:
     return values[-1] if values else None
 
 
-def find_checkpoint(path: str) -> tuple[Path, Path]:
-    """(run directory, checkpoint file) of ``resume=PATH``, a run directory or a checkpoint file."""
-    p = Path(path)
-    if p.is_file():
-        run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
-        return run_dir, p
-    if not p.is_dir():
-        raise InputError(path, "resume path does not exist")
-    ckpt = p / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        raise InputError(ckpt, "no checkpoint to resume from")
-    return p, ckpt
-
-
 def check_group_choices(args: list[str]) -> None:
-    """Refuse ``group=option`` overrides naming no config file, in one line (before Hydra's longer report)."""
-    for arg in args:
-        key, _, value = arg.partition("=")
-        group = CONFIG_DIR / key.lstrip("+~")
-        if not value or not group.is_dir():
+    """Refuse ``group=option`` overrides naming no config file, in one line (before Hydra's longer
+    report). Overrides are read with Hydra's own parser, so sweeps (``a,b``, ``choice(a,b)``) are
+    checked option by option and ``glob(...)`` is left to Hydra."""
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except OverrideParseException:
+        return  # Hydra reports the syntax error itself
+    for override in overrides:
+        group = CONFIG_DIR / override.key_or_group
+        if override.is_delete() or not group.is_dir() or override.value_type == ValueType.GLOB_CHOICE_SWEEP:
             continue
+        options = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         choices = sorted(p.stem for p in group.glob("*.yaml"))
-        for option in value.split(","):
+        for option in options:
             if option not in choices:
-                raise InputError(group / f"{option}.yaml", f"unknown {key} {option!r}; choose one of {', '.join(choices)}")
+                raise InputError(group / f"{option}.yaml", f"unknown {override.key_or_group} {option!r}; choose one of {', '.join(choices)}")
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config that ``python launch.py OVERRIDES`` runs with (``hydra.*`` overrides excluded)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def check_config(args: list[str]) -> None:
+    """Compose the config of the command line (each option of a sweep in turn) and check it: wrong
+    types and unknown keys in typed sections (systems/config.py) and in ``_target_`` objects fail
+    here, in one line, before a run directory exists."""
+    overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    plain = [o.input_line for o in overrides if not o.key_or_group.startswith("hydra") and not o.is_sweep_override()]
+    variants = [plain]
+    for o in overrides:
+        if o.is_sweep_override() and not o.key_or_group.startswith("hydra") and o.value_type != ValueType.GLOB_CHOICE_SWEEP:
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # interval sweeps (optuna) have no values to list
+                continue
+            variants += [[*plain, f"{o.get_key_element()}={v}"] for v in values]
+    for variant in variants:
+        try:
+            cfg = compose_config(variant)
+            container = OmegaConf.to_container(cfg, resolve=True)
+        except (HydraException, OmegaConfBaseException) as err:
+            raise as_input_error(err) from err
+        check_sections(cfg)
+        check_targets(container, ignore={"dataset": DATASET_META})
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
     """Rewrite the command line before Hydra sees it.
 
     ``resume=PATH`` re-applies the run's saved overrides (new ones win) and points
-    ``hydra.run.dir`` at the run. Without it, an explicit ``hydra.run.dir`` that already holds
-    results is refused, so no run is ever overwritten.
+    ``hydra.run.dir`` at the run. Without it, an explicit ``hydra.run.dir`` (or ``hydra.sweep.dir``)
+    is refused unless it is new, empty or a run of ours that stopped before writing results, so no
+    run and no user file is ever overwritten.
     """
+    global RUN_DIR_EXISTED
     args = argv[1:]
+    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc") for a in args):
+        return argv  # Hydra's own commands
     check_group_choices(args)
+    multirun = "-m" in args or "--multirun" in args
     resume = _arg(args, "resume")
-    if resume and resume != "null" and "-m" not in args and "--multirun" not in args:
+    if resume and resume != "null" and not multirun:
         run_dir, _ = find_checkpoint(resume)
         saved_file = run_dir / ".hydra" / "overrides.yaml"
         saved = yaml.safe_load(saved_file.read_text()) if saved_file.is_file() else []
         given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
         skip = given | {"resume", "mode", "hydra.run.dir"}
         kept = [a for a in saved if a.split("=", 1)[0].lstrip("+~") not in skip]
+        check_config([*kept, *args])
         return [argv[0], *kept, *args, f"hydra.run.dir={run_dir}"]
+    check_config(args)
     run_dir = _arg(args, "hydra.run.dir")
-    if run_dir and Path(run_dir).is_dir() and any((Path(run_dir) / n).exists() for n in RESULT_NAMES):
-        raise InputError(run_dir, "run directory already holds a run; pass resume=DIR to continue it or choose a new hydra.run.dir")
+    if run_dir and not multirun:
+        check_new_run_dir(Path(run_dir))
+        RUN_DIR_EXISTED = Path(run_dir).exists()
+    sweep_dir = _arg(args, "hydra.sweep.dir")
+    if sweep_dir and multirun and folder_state(Path(sweep_dir)) not in ("absent", "empty"):
+        raise InputError(sweep_dir, "sweep directory is not empty; choose a new hydra.sweep.dir")
     return argv
 
 
 def load_scene(cfg: DictConfig):
     """Instantiate the dataset loader from ``cfg.dataset`` (meta keys stripped)."""
     loader = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in DATASET_META}
+    if "root" in loader and not Path(loader["root"]).is_dir() and "${data_dir}" in str(cfg.dataset._get_node("root")._value()):
+        raise InputError(loader["root"], f"scene folder does not exist (searched under data_dir={cfg.data_dir}); pass data_dir=DIR "
+                                         "(the folder holding dtu/, nerf_synthetic/) or dataset.root=SCENE_DIR")
     # Called directly rather than through instantiate, which would wrap our InputError.
     return get_method(loader.pop("_target_"))(**loader)
 
@@ -108,13 +158,15 @@ def default_resolution(cfg: DictConfig) -> int:
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
     t = cfg.trainer
+    # No version counter: a resumed run that saves a step again replaces its file instead of adding step...-v1.ckpt.
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
-                                 every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1, save_last=True)
+                                 every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1, save_last=True,
+                                 enable_version_counter=False)
     return pl.Trainer(
         max_steps=t.max_steps, max_time=t.max_time, val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every_n_steps, accelerator=t.accelerator, devices=1, precision=t.precision,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), TerminateTestOnSigterm(), *callbacks],
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), TerminateTestOnSigterm(run_dir, cfg.mode), *callbacks],
         plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0, enable_model_summary=False, inference_mode=False,
     )
 
@@ -124,14 +176,31 @@ def load_checkpoint(ckpt: Path) -> dict:
     return torch.load(ckpt, map_location="cpu", weights_only=False)
 
 
+def as_input_error(err: Exception) -> InputError:
+    """Hydra's or OmegaConf's report of a config error (several lines, chained exceptions) as our one
+    line: the deepest config key the chain names and the innermost cause's first line."""
+    where, cause = "config", err
+    while not isinstance(cause, InputError):
+        match = re.search(r"full_key: (\S+)", str(cause))
+        where = match.group(1) if match else where
+        if cause.__cause__ is None or isinstance(cause, OmegaConfBaseException):
+            text = str(cause).strip()
+            return InputError(where, text.splitlines()[0] if text else type(cause).__name__)
+        cause = cause.__cause__
+    return cause
+
+
 def build_system(cfg: DictConfig, run_dir: Path, checkpoint: dict | None = None):
     """The scene and system ``cfg`` describes, with the weights of ``checkpoint`` when given."""
     scene = load_scene(cfg)
     # A scene's own noisy starting poses (IDR's cameras_linear_init.npz) go to cameras that take them.
     start = {"init_c2w": scene.init_c2w} if scene.init_c2w is not None and "use_init_file" in cfg.camera else {}
-    cameras = instantiate(cfg.camera, intrinsics=scene.intrinsics, c2w=scene.c2w, **start)
-    # The scene is passed after instantiation: Hydra would turn its dataclass into a config.
-    system = instantiate(cfg.system, run_dir=str(run_dir), _convert_="all", _partial_=True)(scene=scene, cameras=cameras)
+    try:
+        cameras = instantiate(cfg.camera, intrinsics=scene.intrinsics, c2w=scene.c2w, **start)
+        # The scene is passed after instantiation: Hydra would turn its dataclass into a config.
+        system = instantiate(cfg.system, run_dir=str(run_dir), _convert_="object", _partial_=True)(scene=scene, cameras=cameras)
+    except InstantiationException as err:
+        raise as_input_error(err) from err
     if checkpoint is not None:
         system.load_state_dict(checkpoint["state_dict"])
     return system
@@ -156,6 +225,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     ckpt = find_checkpoint(cfg.resume)[1] if cfg.resume else None
     if cfg.mode not in ("train", "inspect_init") and ckpt is None:
         raise InputError("mode", f"mode={cfg.mode} needs resume=<run dir or checkpoint>")
+    if ckpt is not None:
+        for stale in remove_temporaries(run_dir):
+            log.info("removed %s, left by an interrupted write", stale)
+        log.info("resuming from %s", ckpt)
     # Training resumes through Lightning (optimiser and loops too); other modes need the weights only.
     checkpoint = load_checkpoint(ckpt) if ckpt is not None and cfg.mode != "train" else None
     system = build_system(cfg, run_dir, checkpoint)
@@ -202,20 +275,37 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def fail(line: str, code: int) -> None:
+    """Report a failed job in one line: exit with ``code``, or in a sweep, record it and let the sweep go on."""
+    print(line, file=sys.stderr)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        sys.exit(code)
+    FAILED_JOBS.append(line)
+
+
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     fresh = not cfg.resume
+    before = {p.name for p in run_dir.iterdir()} - HYDRA_ENTRIES
     try:
+        if fresh and before:  # a timestamp or sweep folder that is taken: leave everything as it is
+            raise InputError(run_dir, "run directory already holds files; pass resume=DIR to continue a run or choose a new one")
         metrics = run(cfg, run_dir)
     except InputError as err:
-        if fresh and not (run_dir / "checkpoints").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        if fresh and not before and not (run_dir / "checkpoints").exists():
+            remove_created(run_dir, set(), remove_folder=not RUN_DIR_EXISTED)
+        fail(f"error: {err}", 2)
+        return
     except SIGTERMException:  # Lightning's, raised at the end of the step in which the signal came
-        print(f"stopped by SIGTERM; continue with: python launch.py resume={run_dir}", file=sys.stderr)
+        print(resume_hint(run_dir, cfg.mode), file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
+    except Exception as err:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        log.exception("job failed")
+        fail(f"error: {run_dir}: {type(err).__name__}: {err}", 1)
+        return
     print(summary(cfg, run_dir, metrics))
 
 
@@ -226,3 +316,6 @@ if __name__ == "__main__":
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     main()
+    if FAILED_JOBS:
+        print(f"error: {len(FAILED_JOBS)} job(s) of the sweep failed (lines above); the others finished", file=sys.stderr)
+        sys.exit(2)

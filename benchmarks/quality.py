@@ -6,6 +6,7 @@
     python benchmarks/quality.py --jobs synthetic-3000 synthetic-cameras-3000     # the same at twice the length, where
     python benchmarks/quality.py --jobs synthetic-idr-3580 synthetic-idr-cameras-3580   # the poses get under 0.5 degrees
     python benchmarks/quality.py --jobs synthetic-6000 synthetic-cameras-6000     # NeuS: both issue-5 targets (~75 min a job)
+    python benchmarks/quality.py --jobs synthetic synthetic-idr encoder-nffb --shapes all   # every built-in object
     python benchmarks/quality.py --dry-run        # print the commands only
 """
 from __future__ import annotations
@@ -20,6 +21,10 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from datasets.synthetic import SHAPES  # noqa: E402
+
+ENCODERS = ("hashgrid", "frequency", "nffb", "stylemod_nffb")
 NOISE = ["camera=trainable", "camera.noise.rotation_deg=3", "camera.noise.translation=0.02"]
 NEUS_3000 = ["trainer.max_time=00:01:00:00", "trainer.max_steps=3000"]
 NEUS_6000 = ["trainer.max_time=00:02:00:00", "trainer.max_steps=6000"]
@@ -41,6 +46,8 @@ JOBS = {
     # NeuS four times as long: its poses reach about 0.1 degrees, which its sharper surface needs.
     "synthetic-6000": NEUS_6000,
     "synthetic-cameras-6000": [*NEUS_6000, *NOISE],
+    # Issue 17: every encoder with NeuS's default recipe in 8 minutes (run them with --shapes all).
+    **{f"encoder-{name}": [f"encoder={name}", "trainer.max_time=00:00:08:00"] for name in ENCODERS},
 }
 
 
@@ -54,16 +61,22 @@ def device_name() -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} threads"
 
 
+def job_overrides(job: str) -> list[str]:
+    """The overrides of ``job``: a name of JOBS, or ``name@shape`` for that job on a synthetic shape."""
+    name, _, shape = job.partition("@")
+    return [*JOBS[name], *([f"dataset.shape={shape}"] if shape else [])]
+
+
 def run(name: str, extra: list[str], out: Path) -> dict:
-    run_dir = out / name
-    cmd = [sys.executable, "launch.py", *JOBS[name], *extra, f"hydra.run.dir={run_dir}"]
+    run_dir = out / name.replace("@", "_")
+    cmd = [sys.executable, "launch.py", *job_overrides(name), *extra, f"hydra.run.dir={run_dir}"]
     started = time.time()
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{name} failed:\n{result.stderr[-2000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["wall_s"] = round(time.time() - started, 1)
-    metrics["command"] = "python launch.py " + " ".join([*JOBS[name], *extra])
+    metrics["command"] = "python launch.py " + " ".join([*job_overrides(name), *extra])
     return metrics
 
 
@@ -90,15 +103,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", nargs="+", default=["synthetic"], choices=sorted(JOBS))
     parser.add_argument("--dtu", action="store_true", help="add the DTU scan24 job")
+    parser.add_argument("--shapes", nargs="+", choices=[*SHAPES, "all"], help="run every job on each of these synthetic shapes")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     parser.add_argument("--no-append", action="store_true", help="do not append to docs/BENCHMARKS.md")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides for every job")
     args = parser.parse_args()
     jobs = args.jobs + (["dtu24"] if args.dtu and "dtu24" not in args.jobs else [])
+    if args.shapes:
+        shapes = list(SHAPES) if "all" in args.shapes else args.shapes
+        jobs = [f"{job}@{shape}" for job in jobs for shape in shapes]
     if args.dry_run:
         for name in jobs:
-            print("python launch.py " + " ".join([*JOBS[name], *args.overrides]))
+            print("python launch.py " + " ".join([*job_overrides(name), *args.overrides]))
         return
     rows = {name: run(name, args.overrides, args.out) for name in jobs}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from datasets.errors import InputError
-from datasets.npz import read_images
+from datasets.npz import check_masks, read_images
 from datasets.scene import Scene
 
 _GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])  # flips the camera's y and z axes (OpenGL -> OpenCV)
@@ -87,6 +87,7 @@ def load_blender_scene(
     test_paths, test_c2w, _ = _read_split(base, "test")
     test_paths, test_c2w = test_paths[:max_test_views], test_c2w[:max_test_views]
     rgba, (height, width) = read_images(train_paths + test_paths, slice(0, 4), downscale)
+    check_masks(rgba[..., 3], train_paths + test_paths)
     focal = 0.5 * width / math.tan(0.5 * angle)
     intrinsics = np.array([[focal, 0.0, 0.5 * width], [0.0, focal, 0.5 * height], [0.0, 0.0, 1.0]])
     intrinsics[:2] /= downscale

@@ -100,6 +100,15 @@ def read_images(paths: list[Path], channels: slice, downscale: int = 1) -> tuple
     return stack, size
 
 
+def check_masks(masks: np.ndarray, paths: list[Path]) -> None:
+    """Refuse a mask (N, H, W) in [0, 1] with no object pixel (none above 0.5): it would carve the whole
+    visual hull away and teach every ray of its view to be empty."""
+    empty = np.flatnonzero(masks.reshape(len(masks), -1).max(axis=1) <= 0.5)
+    if len(empty):
+        raise InputError(str(paths[empty[0]]), f"mask is empty (no pixel above 0.5; {len(empty)} such masks); "
+                                               "the object must be visible in every masked view: fix the mask or remove the view")
+
+
 def _matrix(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
     """A (3, 4) or (4, 4) matrix of the camera file as (4, 4) float64."""
     if key not in data.files:
@@ -108,8 +117,11 @@ def _matrix(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
         m = np.asarray(data[key], dtype=np.float64)
     except (ValueError, TypeError) as err:
         raise InputError(str(path), f"key {key} is not a numeric matrix ({err})") from err
-    if m.shape not in ((3, 4), (4, 4)) or not np.isfinite(m).all():
-        raise InputError(str(path), f"key {key} must be a finite 3x4 or 4x4 matrix, got shape {m.shape}")
+    if m.shape not in ((3, 4), (4, 4)):
+        raise InputError(str(path), f"key {key} must be a 3x4 or 4x4 matrix, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        bad = "NaN" if np.isnan(m).any() else "inf"
+        raise InputError(str(path), f"key {key} holds {bad} at {tuple(int(i) for i in np.argwhere(~np.isfinite(m))[0])}")
     return np.vstack([m[:3], [0.0, 0.0, 0.0, 1.0]])
 
 
@@ -124,13 +136,18 @@ def read_cameras(path: Path, n_views: int) -> tuple[np.ndarray, np.ndarray, np.n
     except Exception as err:  # zip, pickle and OS errors all mean an unusable file
         raise InputError(str(path), f"cannot read camera file ({err})") from err
     with data:
-        n_cams = sum(1 for key in data.files if re.fullmatch(r"world_mat_\d+", key))
-        if n_cams < n_views:
-            raise InputError(str(path), f"{n_cams} cameras (world_mat_*) for {n_views} images")
+        missing = next((i for i in range(n_views) if f"world_mat_{i}" not in data.files), None)
+        if missing is not None:
+            n_cams = sum(1 for key in data.files if re.fullmatch(r"world_mat_\d+", key))
+            raise InputError(str(path), f"missing key world_mat_{missing} ({n_cams} cameras for {n_views} images)")
+        scaled = [i for i in range(n_views) if f"scale_mat_{i}" in data.files]
+        if scaled and len(scaled) < n_views:
+            first = next(i for i in range(n_views) if i not in scaled)
+            raise InputError(str(path), f"missing key scale_mat_{first} while {len(scaled)} other views have one")
         intrinsics, c2w, scale_mats = np.empty((n_views, 3, 3)), np.empty((n_views, 4, 4)), []
         for i in range(n_views):
             world = _matrix(data, f"world_mat_{i}", path)
-            scale = _matrix(data, f"scale_mat_{i}", path) if f"scale_mat_{i}" in data.files else np.eye(4)
+            scale = _matrix(data, f"scale_mat_{i}", path) if scaled else np.eye(4)
             P = (world @ scale)[:3]
             sv = np.linalg.svd(P[:, :3], compute_uv=False)
             if not sv[-1] > 1e-9 * sv[0]:
@@ -181,6 +198,7 @@ def load_npz_scene(
         masks, mask_size = read_images(mask_paths, slice(0, 1), downscale)
         if mask_size != size:
             raise InputError(str(mask_paths[0]), f"masks are {mask_size[1]}x{mask_size[0]} but images are {size[1]}x{size[0]}")
+        check_masks(masks[..., 0], mask_paths)
         masks = torch.from_numpy(masks[..., 0])
     intrinsics[:, :2] /= downscale
     train_ids, test_ids = split_views(len(image_paths), test_views, test_every)

@@ -278,7 +278,7 @@ class TrainableCameras(nn.Module):
 
     def __init__(self, intrinsics: torch.Tensor, c2w: torch.Tensor, init_c2w: torch.Tensor | None = None,
                  use_init_file: bool = True, noise: dict | None = None, rotation: str = "so3",
-                 refine_focal: bool = False, precondition: bool = False, precondition_damping: float = 0.01,
+                 refine_focal: bool = False, precondition: bool = True, precondition_damping: float = 0.01,
                  precondition_points: torch.Tensor | None = None) -> None:
         super().__init__()
         if rotation not in ("so3", "quaternion"):

@@ -4,6 +4,7 @@ held-out rendering and metrics, mesh export. Subclasses implement ``training_ste
 Submodules expose ``update_step(epoch, step)`` hooks that are walked every step."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,12 @@ from models.cameras import Similarity, TrainableCameras, pose_errors
 from models.mesh import extract_mesh, largest_component
 from models.metrics import psnr, silhouette_iou
 from models.rays import RayBundle, image_rays, pixel_rays
+from systems.config import Optim, as_section
 from systems.mesh_io import save_cameras, save_mesh
 from systems.schedules import decay_factor
 
 BACKGROUNDS = ("black", "white", "random", "learned")
+log = logging.getLogger(__name__)
 
 
 class _Steps(IterableDataset):
@@ -36,6 +39,8 @@ class _Steps(IterableDataset):
 
 
 class BaseSystem(pl.LightningModule):
+    optim_schema: type[Optim] = Optim  # the optimiser section's dataclass (its defaults are the system's)
+
     def __init__(
         self,
         model: nn.Module,
@@ -43,7 +48,7 @@ class BaseSystem(pl.LightningModule):
         scene: Scene,
         name: str = "",
         background: str = "black",
-        optim: dict | None = None,
+        optim: Optim | dict | None = None,
         render_chunk: int = 4096,
         eval_downscale: int = 1,
         run_dir: str | None = None,
@@ -53,7 +58,7 @@ class BaseSystem(pl.LightningModule):
             raise InputError("system.background", f"unknown value {background!r}; choose one of {', '.join(BACKGROUNDS)}")
         self.model, self.cameras, self.scene = model, cameras, scene
         self.name, self.background_mode = name, background
-        self.optim = {"lr": 0.01, "warmup_steps": 200, "final_lr_ratio": 0.1, "decay_steps": None, "eps": 1e-15, **(optim or {})}
+        self.optim = as_section(self.optim_schema, optim)
         self.render_chunk, self.eval_downscale = render_chunk, eval_downscale
         self.run_dir = Path(run_dir) if run_dir else None
         self.learned_background = nn.Parameter(torch.zeros(3)) if background == "learned" else None
@@ -115,11 +120,11 @@ class BaseSystem(pl.LightningModule):
         geometry = self.model.geometry
         encoder_ids = {id(p) for p in geometry.encoder.parameters()}
         return [
-            {"name": "encoder", "params": list(geometry.encoder.parameters()), "lr": o.get("lr_encoder", o["lr"])},
-            {"name": "geometry", "params": [p for p in geometry.parameters() if id(p) not in encoder_ids], "lr": o.get("lr_geometry", o["lr"])},
-            {"name": "texture", "params": list(self.model.texture.parameters()), "lr": o.get("lr_texture", o["lr"])},
-            {"name": "camera", "params": list(self.cameras.parameters()), "lr": o.get("lr_camera", 1e-3)},
-            {"name": "other", "params": [p for n, p in self.named_parameters() if not n.startswith(("model.", "cameras."))], "lr": o["lr"]},
+            {"name": "encoder", "params": list(geometry.encoder.parameters()), "lr": o.group_lr("encoder")},
+            {"name": "geometry", "params": [p for p in geometry.parameters() if id(p) not in encoder_ids], "lr": o.group_lr("geometry")},
+            {"name": "texture", "params": list(self.model.texture.parameters()), "lr": o.group_lr("texture")},
+            {"name": "camera", "params": list(self.cameras.parameters()), "lr": o.lr_camera},
+            {"name": "other", "params": [p for n, p in self.named_parameters() if not n.startswith(("model.", "cameras."))], "lr": o.lr},
         ]
 
     def eikonal_loss(self, sample_grad: torch.Tensor, n_uniform: int) -> torch.Tensor:
@@ -131,12 +136,13 @@ class BaseSystem(pl.LightningModule):
 
     def configure_optimizers(self):
         groups = [g for g in self.param_groups() if g["params"]]
-        optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=self.optim["eps"])
-        warmup = int(self.optim["warmup_steps"])
-        horizon = self.optim["decay_steps"] or max(self.trainer.max_steps, warmup + 1)
-        ratio = float(self.optim["final_lr_ratio"])
-        camera_warmup = int(self.optim.get("camera_warmup_steps", 0))
-        camera_horizon = min(horizon, int(self.optim.get("camera_decay_steps") or horizon))
+        o = self.optim
+        optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=o.eps)
+        warmup = o.warmup_steps
+        horizon = o.decay_steps or max(self.trainer.max_steps, warmup + 1)
+        ratio = o.final_lr_ratio
+        camera_warmup = o.camera_warmup_steps
+        camera_horizon = min(horizon, o.camera_decay_steps or horizon)
 
         def factor(step: int) -> float:
             return decay_factor(step, warmup, horizon, ratio)
@@ -236,6 +242,8 @@ class BaseSystem(pl.LightningModule):
         view = int(view)
         metrics, out = self.evaluate_view(view)
         self.test_metrics.append(metrics)
+        log.info("held-out view %d (%d/%d): %s", view, batch_idx + 1, len(self.scene.test_ids),
+                 ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         if self.run_dir is not None:
             render_dir = self.run_dir / "renders"
             render_dir.mkdir(parents=True, exist_ok=True)

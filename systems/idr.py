@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from models.idr import IDRModel, mask_loss
 from models.rays import RayBundle
 from systems.base import BaseSystem, curvature_loss, log_scalars
-from systems.schedules import scheduled
+from systems.config import IDRLoss, IDROptim, as_section
 
 
 class IDRSystem(BaseSystem):
@@ -28,16 +28,17 @@ class IDRSystem(BaseSystem):
 
     model: IDRModel
 
-    def __init__(self, model: IDRModel, *args: Any, n_rays: int = 1024, loss: dict | None = None, **kwargs: Any) -> None:
+    optim_schema = IDROptim
+
+    def __init__(self, model: IDRModel, *args: Any, n_rays: int = 1024, loss: IDRLoss | dict | None = None, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
         self.n_rays = int(n_rays)
-        self.loss_cfg = {"rgb": 1.0, "mask": 100.0, "eikonal": 0.1, "curvature": 0.0, "eikonal_points": 512, "alpha_init": 50.0,
-                         "alpha_factor": 2.0, "alpha_milestones": [], **(loss or {})}
+        self.loss_cfg = as_section(IDRLoss, loss)
 
     def alpha(self, step: int) -> float:
         """Sharpness of the mask loss's sigmoid at ``step``."""
-        passed = sum(step >= int(m) for m in self.loss_cfg["alpha_milestones"])
-        return float(self.loss_cfg["alpha_init"]) * float(self.loss_cfg["alpha_factor"]) ** passed
+        passed = sum(step >= m for m in self.loss_cfg.alpha_milestones)
+        return self.loss_cfg.alpha_init * self.loss_cfg.alpha_factor ** passed
 
     def render_rays(self, rays: RayBundle, background: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model.render(rays, None, background, create_graph=False)
@@ -47,14 +48,14 @@ class IDRSystem(BaseSystem):
         n = self.n_rays
         rays, target, mask, bg = self.sample_rays(n)
         in_mask = mask > 0.5 if mask is not None else None
-        w = {k: scheduled(self.loss_cfg[k], step) for k in ("rgb", "mask", "eikonal", "curvature")}
+        w = self.loss_cfg.weights(step)
         out = self.model.render(rays, in_mask, bg, create_graph=True, laplacian=w["curvature"] > 0)
         hit = out["hit"]
         losses = {"rgb": (out["rgb"][hit] - target[hit]).abs().sum() / n}
         if in_mask is not None and w["mask"] > 0:
             losses["mask"] = mask_loss(out["min_sdf"], hit, in_mask, self.alpha(step))
         if w["eikonal"] > 0:
-            losses["eikonal"] = self.eikonal_loss(out["sample_grad"], int(self.loss_cfg["eikonal_points"]))
+            losses["eikonal"] = self.eikonal_loss(out["sample_grad"], self.loss_cfg.eikonal_points)
         if w["curvature"] > 0:
             losses["curvature"] = curvature_loss(out["sample_laplacian"][hit])
         total = sum(w[k] * v for k, v in losses.items())

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from datasets.errors import InputError
-from models.idr import IDRModel
 from models.ray_tracing import SphereTracer
 from models.rays import RayBundle, image_rays
 from systems.base import BaseSystem
@@ -140,8 +139,9 @@ def orbit_path(c2w: torch.Tensor, n_frames: int) -> torch.Tensor:
 @torch.no_grad()
 def transfer(geometry_system: BaseSystem, appearance_system: BaseSystem, out_dir: Path, n_frames: int = 30,
              fps: int = 15, resolution: int = 256) -> Path:
-    """Render the geometry of one trained IDR system with the rendering network of another along
-    ``orbit_path`` of the geometry run's cameras (at most ``resolution`` pixels wide or high).
+    """Render the geometry of one trained system (IDR or NeuS, with its own renderer) with the colour
+    network of another along ``orbit_path`` of the geometry run's cameras (at most ``resolution``
+    pixels wide or high). The geometry system's colour network is replaced by the other's.
 
     Writes ``frames/frame_###.png`` and ``transfer.mp4``; returns the video's path.
     """
@@ -149,7 +149,7 @@ def transfer(geometry_system: BaseSystem, appearance_system: BaseSystem, out_dir
     if geometry.feature_dim != appearance_system.model.geometry.feature_dim:
         raise InputError("appearance_run", f"its geometry feature size {appearance_system.model.geometry.feature_dim} differs from "
                                            f"the geometry run's {geometry.feature_dim}; transfer needs runs with the same system.model.geometry.feature_dim")
-    model = IDRModel(geometry, texture, geometry_system.model.tracer)
+    geometry_system.model.texture = texture
     k, _, h, w = _scaled_view(geometry_system, 0, resolution)
     views = torch.arange(geometry_system.scene.n_views, device=geometry_system.device)
     path = orbit_path(geometry_system.cameras(views)[1], n_frames)
@@ -160,7 +160,7 @@ def transfer(geometry_system: BaseSystem, appearance_system: BaseSystem, out_dir
     frames = []
     for i, c2w in enumerate(path):
         rays = image_rays(k, c2w, h, w)
-        rgb = torch.cat([model.render(RayBundle(o, d), None, bg)["rgb"]
+        rgb = torch.cat([geometry_system.render_rays(RayBundle(o, d), bg)["rgb"]
                          for o, d in zip(rays.origins.split(chunk), rays.directions.split(chunk))])
         frame = (rgb.reshape(h, w, 3).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
         iio.imwrite(out_dir / "frames" / f"frame_{i:03d}.png", frame)

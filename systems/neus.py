@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from models.neus import NeuSModel
 from models.rays import RayBundle
 from systems.base import BaseSystem, curvature_loss, log_scalars, mask_loss
-from systems.schedules import scheduled
+from systems.config import NeuSLoss, Rays, VisualHull, as_section
 
 
 class NeuSSystem(BaseSystem):
@@ -26,34 +26,37 @@ class NeuSSystem(BaseSystem):
 
     model: NeuSModel
 
-    def __init__(self, model: NeuSModel, *args: Any, loss: dict | None = None, rays: dict | None = None,
-                 cos_anneal_steps: int = 0, visual_hull: dict | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: NeuSModel, *args: Any, loss: NeuSLoss | dict | None = None, rays: Rays | dict | None = None,
+                 cos_anneal_steps: int = 200, visual_hull: VisualHull | dict | None = None, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
-        self.loss_cfg = {"rgb_l1": 1.0, "rgb_mse": 0.0, "eikonal": 0.1, "mask": 0.1, "curvature": 0.0, "eikonal_points": 1024,
-                         **(loss or {})}
-        self.rays_cfg = {"initial": 512, "min": 64, "max": 8192, "target_samples": 65536, **(rays or {})}
-        self.hull_cfg = {"enabled": True, "dilation": 4, "tolerance": 0, "trainable_margin_deg": None, **(visual_hull or {})}
+        self.loss_cfg = as_section(NeuSLoss, loss)
+        self.rays_cfg = as_section(Rays, rays)
+        self.hull_cfg = as_section(VisualHull, visual_hull)
         self.cos_anneal_steps = cos_anneal_steps
-        self.n_rays = float(self.rays_cfg["initial"])
+        self.n_rays = float(self.rays_cfg.initial)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        variance = {"name": "variance", "params": list(self.model.variance.parameters()), "lr": self.optim.get("lr_variance", 1e-3)}
+        variance = {"name": "variance", "params": list(self.model.variance.parameters()), "lr": self.optim.group_lr("variance")}
         return [*super().param_groups(), variance]
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
         # Trainable cameras start off their true poses: their hull is carved from the starting poses with
         # the masks dilated by a further ``trainable_margin_deg`` of view angle (None: no hull).
-        margin = self.hull_cfg["trainable_margin_deg"] if self.trainable_cameras else 0.0
-        if self.hull_cfg["enabled"] and margin is not None and self.scene.masks is not None and self.global_step == 0:
+        margin = self.hull_cfg.trainable_margin_deg if self.trainable_cameras else 0.0
+        if self.hull_cfg.enabled and margin is not None and self.scene.masks is not None and self.global_step == 0:
             ids = self.train_ids
             with torch.no_grad():
                 intrinsics, c2w = self.cameras(ids)
-            dilation = int(self.hull_cfg["dilation"]) + math.ceil(float(intrinsics[:, 0, 0].max()) * math.tan(math.radians(margin)))
-            self.model.grid.carve_visual_hull(intrinsics, c2w, self.scene.masks[ids], dilation, int(self.hull_cfg["tolerance"]))
+            dilation = self.hull_cfg.dilation + math.ceil(float(intrinsics[:, 0, 0].max()) * math.tan(math.radians(margin)))
+            self.model.grid.carve_visual_hull(intrinsics, c2w, self.scene.masks[ids], dilation, self.hull_cfg.tolerance)
 
     def cos_anneal_ratio(self) -> float:
-        return 1.0 if self.cos_anneal_steps <= 0 else min(1.0, self.global_step / self.cos_anneal_steps)
+        """NeuS's cosine annealing: 0 -> 1 over ``cos_anneal_steps`` training steps; 1 when not training
+        (a loaded run's step counter restarts at 0, but its field was trained to the end of the ramp)."""
+        if not self.training or self.cos_anneal_steps <= 0:
+            return 1.0
+        return min(1.0, self.global_step / self.cos_anneal_steps)
 
     def render_rays(self, rays: RayBundle, background: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model.render(rays, background, self.cos_anneal_ratio(), stratified=False, create_graph=False)
@@ -62,7 +65,7 @@ class NeuSSystem(BaseSystem):
         step = self.global_step
         n = int(self.n_rays)
         rays, target, mask, bg = self.sample_rays(n)
-        w = {k: scheduled(v, step) for k, v in self.loss_cfg.items() if k != "eikonal_points"}
+        w = self.loss_cfg.weights(step)
         out = self.model.render(rays, bg, self.cos_anneal_ratio(), stratified=True, create_graph=True,
                                 laplacian=w["curvature"] > 0)
         losses = {}
@@ -71,7 +74,7 @@ class NeuSSystem(BaseSystem):
         if w["rgb_mse"] > 0:
             losses["rgb_mse"] = F.mse_loss(out["rgb"], target)
         if w["eikonal"] > 0:
-            losses["eikonal"] = self.eikonal_loss(out["sample_grad"], int(self.loss_cfg["eikonal_points"]))
+            losses["eikonal"] = self.eikonal_loss(out["sample_grad"], self.loss_cfg.eikonal_points)
         if mask is not None and w["mask"] > 0:
             losses["mask"] = mask_loss(out["opacity"], mask)
         if w["curvature"] > 0:
@@ -79,8 +82,8 @@ class NeuSSystem(BaseSystem):
         total = sum(w[k] * v for k, v in losses.items())
 
         n_samples = int(out["n_samples"])
-        wanted = n * self.rays_cfg["target_samples"] / max(n_samples, 1)
-        self.n_rays = min(max(0.9 * self.n_rays + 0.1 * wanted, self.rays_cfg["min"]), self.rays_cfg["max"])
+        wanted = n * self.rays_cfg.target_samples / max(n_samples, 1)
+        self.n_rays = min(max(0.9 * self.n_rays + 0.1 * wanted, self.rays_cfg.min), self.rays_cfg.max)
         with torch.no_grad():
             train_psnr = -10.0 * torch.log10(F.mse_loss(out["rgb"], target))
         log_scalars(self, {**losses, "loss": total, "psnr": train_psnr, "inv_s": self.model.inv_s(),

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from datasets.errors import InputError
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
@@ -119,10 +121,12 @@ def test_sigterm_in_the_test_phase_ends_the_run_at_once(start_launch, finished_r
             time.sleep(0.2)
         assert proc.poll() is None, "the test phase ended before the Chamfer could be interrupted"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == -signal.SIGTERM
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
         if proc.poll() is None:
             proc.kill()
+    last = (tmp_path / "stderr.txt").read_text().strip().splitlines()[-1]
+    assert last == f"stopped by SIGTERM; continue with: python launch.py resume={run_dir} mode=test"
     assert (run_dir / "metrics.json").read_text() == metrics and mesh.stat().st_size > 0
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
 
@@ -143,8 +147,15 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
         (["mode=bogus"], "mode"),
         (["mode=test"], "resume"),
         (["dataset.test_views=[0,1,2,3,4,5,6,7]"], "dataset.test_views"),
+        (["system.optim.lr_encoder=abc"], "system.optim.lr_encoder"),
+        (["encoder.backend=nope"], "system.model.geometry.encoder: unknown encoder backend"),
+        (["system.model.geometry.grad_type=nope"], "unknown grad_type"),
+        (["dataset=dtu", "scan=65"], "searched under data_dir="),
+        (["dataset.shape=cube"], "dataset.shape"),
+        (["mode=transfer"], "geometry_run"),
     ],
-    ids=["missing-folder", "unknown-group-option", "unknown-background", "unknown-mode", "test-without-run", "all-held-out"],
+    ids=["missing-folder", "unknown-group-option", "unknown-background", "unknown-mode", "test-without-run", "all-held-out",
+         "typed-section", "instantiate-error", "constructor-error", "missing-scan", "runtime-loader-error", "transfer-without-runs"],
 )
 def test_bad_input_is_one_line_and_leaves_no_run(launch, tiny, args, expected, data_dir, tmp_path):
     run_dir = tmp_path / "run"
@@ -170,3 +181,80 @@ def test_multirun_sweeps_encoders(launch, tiny, data_dir, tmp_path):
     for job in ("0", "1"):
         assert json.loads((sweep / job / "metrics.json").read_text())["step"] == 3
     assert "FrequencyEncoder" in (sweep / "1" / ".hydra" / "config.yaml").read_text()
+
+
+BAD_INPUTS = [["encoder=nope"], ["system.optim.lr=abc"], ["dataset.shape=cube"], ["mode=test"],
+              ["resume=/nonexistent/run"], ["encoder.backend=nope"]]
+
+
+@pytest.mark.parametrize("args", BAD_INPUTS, ids=lambda a: a[0])
+def test_a_user_folder_survives_every_bad_input(launch, tiny, data_dir, tmp_path, args):
+    """hydra.run.dir at a folder holding user files (a clone, say): refused, and nothing in it is touched."""
+    folder = tmp_path / "clone"
+    (folder / ".git").mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    one_line_error(launch(*tiny, *args, f"data_dir={data_dir}", f"hydra.run.dir={folder}"))
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_an_empty_folder_given_as_run_dir_is_kept_after_a_failed_start(launch, tiny, data_dir, tmp_path):
+    """The input error comes after Hydra wrote its files: they go, the user's folder stays."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    line = one_line_error(launch(*tiny, "dataset.shape=cube", f"data_dir={data_dir}", f"hydra.run.dir={folder}"))
+    assert "dataset.shape" in line
+    assert folder.is_dir() and not any(folder.iterdir())
+
+
+def test_resume_of_a_file_that_is_not_a_checkpoint_writes_nothing(launch, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a checkpoint")
+    line = one_line_error(launch(f"resume={notes}"))
+    assert str(notes) in line and "not a checkpoint" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_resume_continues_from_the_newest_checkpoint_that_loads(launch, finished_run, tmp_path):
+    """last.ckpt older than step000006.ckpt (a kill between the two writes), a truncated newer file and
+    leftover temporaries: the run continues at step 6, replaces the broken file, and cleans up."""
+    run_dir = tmp_path / "killed"
+    shutil.copytree(finished_run, run_dir)
+    ckpts = run_dir / "checkpoints"
+    shutil.copy(ckpts / "step000003.ckpt", ckpts / "last.ckpt")
+    (ckpts / "step000009.ckpt").write_bytes((ckpts / "step000006.ckpt").read_bytes()[:500])
+    stale = [ckpts / "last.ckpt.tmp", run_dir / "meshes" / ".final.ply.0a1b2c3d.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    result = launch(f"resume={run_dir}", "trainer.max_steps=9")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step000006.ckpt" in result.stderr and "skipping" in result.stderr
+    assert step_of(ckpts / "last.ckpt") == 9 and step_of(ckpts / "step000009.ckpt") == 9
+    assert not list(ckpts.glob("*-v*.ckpt")) and not any(p.exists() for p in stale)
+
+
+def test_group_checks_read_hydra_sweep_syntax():
+    from launch import check_group_choices
+
+    check_group_choices(["encoder=choice(hashgrid,frequency)", "encoder=glob(*)", "encoder=hashgrid,nffb", "~camera"])
+    with pytest.raises(InputError, match="unknown encoder 'nope'"):
+        check_group_choices(["encoder=choice(hashgrid,nope)"])
+
+
+def test_help_describes_the_tool(launch):
+    result = launch("--help")
+    assert result.returncode == 0
+    for words in ("Modes", "resume=RUN_DIR", "Examples", "encoder: frequency, hashgrid, nffb, stylemod_nffb"):
+        assert words in result.stdout, words
+
+
+@pytest.mark.slow
+def test_a_sweep_goes_on_past_a_bad_job(launch, tiny, data_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = launch("-m", "dataset.shape=cube,sphere_torus", *tiny, "trainer.max_steps=3", f"data_dir={data_dir}",
+                    f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "dataset.shape: unknown shape 'cube'" in errors[0] and "1 job(s) of the sweep failed" in errors[-1]
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["step"] == 3

@@ -1,20 +1,16 @@
 """The quality benchmark's jobs: each composes into a valid config, and each trainable-camera job of
 issue 5 has a fixed-camera partner of the same system and length."""
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 
-from benchmarks.quality import JOBS
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+from benchmarks.quality import JOBS, job_overrides
+from datasets.synthetic import SHAPES
+from launch import compose_config
 PAIRS = [("synthetic", "synthetic-cameras"), ("synthetic-3000", "synthetic-cameras-3000"),
          ("synthetic-idr-3580", "synthetic-idr-cameras-3580"), ("synthetic-6000", "synthetic-cameras-6000")]
 
 
 def config(job: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name="config", overrides=JOBS[job])
+    return compose_config(job_overrides(job))
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))
@@ -31,3 +27,10 @@ def test_trainable_camera_jobs_match_their_fixed_partner(fixed, trainable):
     assert a.system.name == b.system.name and a.trainer.max_steps == b.trainer.max_steps
     assert a.trainer.max_time == b.trainer.max_time
     assert a.dataset == b.dataset and a.system.model.geometry.hidden_dim == b.system.model.geometry.hidden_dim
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_jobs_run_on_every_shape(shape):
+    cfg = config(f"encoder-nffb@{shape}")
+    assert cfg.dataset.shape == shape and cfg.encoder._target_.endswith("NFFBEncoder")
+    assert cfg.trainer.max_time == "00:00:08:00"

@@ -137,6 +137,26 @@ def test_missing_scale_mat_defaults_to_identity(scene_copy: Path) -> None:
     np.testing.assert_allclose(scene.c2w.numpy(), camera_rig(6, 64, 48)[1], atol=1e-5)
 
 
+def test_scale_mat_missing_for_one_view_is_refused(scene_copy: Path) -> None:
+    """Not the identity for that view alone: its camera would land hundreds of units away."""
+    _rewrite_cameras(scene_copy, lambda cameras: cameras.pop("scale_mat_4"))
+    _raises(scene_copy, "cameras_sphere.npz", "missing key scale_mat_4", "5 other views")
+
+
+def test_nan_camera_names_the_key_and_the_nan(scene_copy: Path) -> None:
+    def poison(cameras: dict) -> None:
+        cameras["world_mat_1"][0, 2] = np.nan
+
+    _rewrite_cameras(scene_copy, poison)
+    _raises(scene_copy, "cameras_sphere.npz", "world_mat_1", "NaN", "(0, 2)")
+
+
+def test_empty_mask_is_refused(scene_copy: Path) -> None:
+    """An all-black mask would carve the whole visual hull away."""
+    Image.new("L", (64, 48)).save(scene_copy / "mask" / "003.png")
+    _raises(scene_copy, "003.png", "mask is empty")
+
+
 def test_non_invertible_camera(scene_copy: Path) -> None:
     def flatten_view_2(cameras: dict) -> None:
         cameras["world_mat_2"][1, :3] = cameras["world_mat_2"][0, :3]

@@ -3,22 +3,19 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from datasets.errors import InputError
 from datasets.scene import Scene
 from models.cameras import FixedCameras
 from models.rays import image_rays, intersect_sphere
+from launch import compose_config
 from systems.inspect import inspect_init, look_at, orbit_path, transfer
-
-ROOT = Path(__file__).resolve().parents[2]
 H, W = 24, 32
 
 
@@ -37,12 +34,11 @@ def toy_scene(n_views: int = 3, masks: bool = True) -> Scene:
 
 
 def make_system(system: str = "idr", seed: int = 0, masks: bool = True, overrides: tuple[str, ...] = ()):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"system={system}", "encoder=frequency", *overrides])
+    cfg = compose_config([f"system={system}", "encoder=frequency", *overrides])
     torch.manual_seed(seed)
     scene = toy_scene(masks=masks)
     cameras = FixedCameras(scene.intrinsics, scene.c2w)
-    return instantiate(cfg.system, run_dir=None, _convert_="all", _partial_=True)(scene=scene, cameras=cameras)
+    return instantiate(cfg.system, run_dir=None, _convert_="object", _partial_=True)(scene=scene, cameras=cameras)
 
 
 def test_paper_config_builds_the_paper_networks():
@@ -115,6 +111,15 @@ def test_transfer_writes_frames_and_video(tmp_path):
     assert len(frames) == 4 and frames[0].shape == (H, W, 3)
     assert frames[0].max() > 50  # the sphere is in view
     assert len(iio.imread(video, index=None)) == 4
+
+
+def test_transfer_renders_neus_runs_with_their_own_renderer(tmp_path):
+    """NeuS has no sphere tracer: its geometry is volume rendered with the other run's colours."""
+    geometry, appearance = make_system("neus", seed=0), make_system("neus", seed=1)
+    video = transfer(geometry, appearance, tmp_path, n_frames=2, fps=5, resolution=32)
+    frames = [iio.imread(p) for p in sorted((tmp_path / "frames").glob("*.png"))]
+    assert len(frames) == 2 and frames[0].shape == (H, W, 3) and video.stat().st_size > 0
+    assert frames[0].max() > 50 and geometry.model.texture is appearance.model.texture
 
 
 def test_transfer_refuses_runs_with_different_feature_sizes(tmp_path):

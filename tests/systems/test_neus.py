@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 
@@ -14,9 +13,8 @@ from models.cameras import FixedCameras, TrainableCameras
 from models.encoders import FrequencyEncoder
 from models.fields import SDFField
 from models.samplers import OccupancyGrid
+from launch import compose_config
 from systems.base import curvature_loss
-
-ROOT = Path(__file__).resolve().parents[2]
 
 SMALL = [
     "dataset.n_views=16", "dataset.width=96", "dataset.height=72", "dataset.test_every=8",
@@ -39,12 +37,11 @@ def test_short_run_halves_the_chamfer_of_the_initial_sphere(launch, tmp_path):
 
 
 def make_neus(scene_dir: Path, overrides: tuple[str, ...] = (), cameras: nn.Module | None = None):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=["system=neus", "encoder=frequency", "system.model.grid.resolution=16", *overrides])
+    cfg = compose_config(["system=neus", "encoder=frequency", "system.model.grid.resolution=16", *overrides])
     torch.manual_seed(0)
     scene = load_npz_scene(str(scene_dir))
     cameras = FixedCameras(scene.intrinsics, scene.c2w) if cameras is None else cameras
-    return instantiate(cfg.system, run_dir=None, _convert_="all", _partial_=True)(scene=scene, cameras=cameras)
+    return instantiate(cfg.system, run_dir=None, _convert_="object", _partial_=True)(scene=scene, cameras=cameras)
 
 
 def surface_cells(grid: OccupancyGrid) -> torch.Tensor:
@@ -62,7 +59,7 @@ def test_trainable_cameras_carve_a_wider_hull_from_their_starting_poses(small_sy
     assert not tight.model.grid.hull.view(-1)[surface_cells(tight.model.grid)].all()
     # ... with the default margin (4 degrees for 3 degrees of noise) it keeps every surface cell and still carves.
     wide = make_neus(small_synthetic, grid, noisy)
-    assert wide.hull_cfg["trainable_margin_deg"] == 4.0
+    assert wide.hull_cfg.trainable_margin_deg == 4.0
     wide.on_fit_start()
     hull = wide.model.grid.hull.view(-1)
     assert hull[surface_cells(wide.model.grid)].all() and hull.float().mean() < 0.8
@@ -105,6 +102,6 @@ def test_training_step_weighs_the_curvature_loss(small_synthetic, monkeypatch, g
     assert all(torch.isfinite(p.grad).all() for p in system.model.geometry.parameters() if p.grad is not None)
     # Without a curvature weight no Laplacian is computed.
     logged.clear()
-    system.loss_cfg["curvature"] = 0.0
+    system.loss_cfg.curvature = 0.0
     system.training_step(None, 0)
     assert "curvature" not in logged

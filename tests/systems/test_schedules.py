@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from systems.base import BaseSystem
+from systems.config import Optim
 from systems.schedules import decay_factor, scheduled
 
 
@@ -32,8 +33,7 @@ def test_camera_rate_reaches_the_final_ratio_by_camera_decay_steps_and_decays_on
     scene, camera = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     fake = SimpleNamespace(
         param_groups=lambda: [{"name": "encoder", "params": [scene], "lr": 1.0}, {"name": "camera", "params": [camera], "lr": 1.0}],
-        optim={"warmup_steps": 100, "decay_steps": None, "final_lr_ratio": 0.1, "eps": 1e-15,
-               "camera_warmup_steps": 50, "camera_decay_steps": 3000},
+        optim=Optim(warmup_steps=100, decay_steps=None, final_lr_ratio=0.1, camera_warmup_steps=50, camera_decay_steps=3000),
         trainer=SimpleNamespace(max_steps=6000))
     schedule = BaseSystem.configure_optimizers(fake)["lr_scheduler"]["scheduler"]
     scene_rate, camera_rate = (schedule.lr_lambdas[i] for i in range(2))

@@ -1,0 +1,305 @@
+"""Typed configuration: the one source of defaults for every config section that is not a
+``_target_`` object (those take their arguments from their constructors).
+
+The dataclasses serve twice: systems take them as arguments (a notebook builds ``NeuSLoss(mask=0)``),
+and :func:`register_configs` stores them as Hydra structured configs that ``configs/*.yaml`` extend,
+so a value of the wrong type or an unknown key fails when the config is composed, before anything
+runs. ``python launch.py --cfg job`` prints the composed config with every default.
+"""
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import get_method
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from datasets.errors import InputError
+
+from systems.schedules import scheduled
+
+T = TypeVar("T")
+
+
+def as_section(cls: type[T], value: T | dict | None) -> T:
+    """``value`` as the dataclass ``cls``: None gives the defaults, a mapping is checked key by key
+    (TypeError naming an unknown key)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    return cls(**value)
+
+
+@dataclass
+class Optim:
+    """Adam with a linear warm-up, then an exponential decay to ``final_lr_ratio`` at ``decay_steps``."""
+
+    lr: float = 0.01
+    lr_encoder: float | None = None   # None: lr
+    lr_geometry: float | None = None  # None: lr
+    lr_texture: float | None = None   # None: lr
+    lr_variance: float | None = None  # NeuS's inverse variance; None: lr
+    lr_camera: float = 1.5e-3         # camera=trainable: preconditioned pose residuals (about radians)
+    camera_warmup_steps: int = 50     # cameras wait this many steps, then ramp up as long
+    camera_decay_steps: int | None = 3000  # the camera rate reaches final_lr_ratio by this step at the latest, then
+    #                                        decays on (longer NeuS runs drift otherwise); None: follow the run
+    warmup_steps: int = 100
+    final_lr_ratio: float = 0.1
+    decay_steps: int | None = None    # None: trainer.max_steps
+    eps: float = 1e-15
+
+    def group_lr(self, group: str) -> float:
+        """The learning rate of parameter group ``group`` (``lr_<group>``, or ``lr`` when that is None)."""
+        value = getattr(self, f"lr_{group}")
+        return self.lr if value is None else value
+
+
+@dataclass
+class IDROptim(Optim):
+    """IDR's rates: one learning rate for all networks, no warm-up."""
+
+    lr: float = 5e-4
+    camera_decay_steps: int | None = None  # IDR's long runs were not seen to drift (docs/BENCHMARKS.md)
+    warmup_steps: int = 0
+    eps: float = 1e-8
+
+
+@dataclass
+class NeuSLoss:
+    """Loss weights; each a constant or a schedule (``systems.schedules.scheduled``)."""
+
+    rgb_l1: Any = 1.0
+    rgb_mse: Any = 0.0
+    eikonal: Any = 0.1
+    mask: Any = 0.1          # BCE of the opacity against the masks (scenes with masks)
+    # Neuralangelo's curvature loss, mean |Laplacian of the SDF| on the ray samples; a list of schedules
+    # multiplies, e.g. [{start: 0, end: 5.0e-4, end_step: 300}, {start: 1, end: 0.1, start_step: 300, end_step: 1500, kind: exp}]
+    curvature: Any = 0.0
+    eikonal_points: int = 1024  # uniform points in the bounding cube per step, besides the ray samples
+
+    def weights(self, step: int) -> dict[str, float]:
+        """The weight of every loss term at ``step``."""
+        return {f.name: scheduled(getattr(self, f.name), step) for f in dataclasses.fields(self) if f.name != "eikonal_points"}
+
+
+@dataclass
+class IDRLoss:
+    """IDR's loss weights (each a constant or a schedule) and its mask-loss sharpness schedule."""
+
+    rgb: Any = 1.0
+    mask: Any = 100.0
+    eikonal: Any = 0.1
+    curvature: Any = 0.0      # Neuralangelo's curvature loss on the traced surface points
+    eikonal_points: int = 512  # IDR: half the rays
+    alpha_init: float = 50.0
+    alpha_factor: float = 2.0
+    alpha_milestones: list[int] = field(default_factory=lambda: [250, 500, 750, 1000, 1250])
+
+    def weights(self, step: int) -> dict[str, float]:
+        """The weight of every loss term at ``step``."""
+        return {k: scheduled(getattr(self, k), step) for k in ("rgb", "mask", "eikonal", "curvature")}
+
+
+@dataclass
+class Rays:
+    """NeuS's rays per step adapt so that the samples per step stay near ``target_samples``."""
+
+    initial: int = 512
+    min: int = 64
+    max: int = 8192
+    target_samples: int = 24576
+
+
+@dataclass
+class VisualHull:
+    """NeuS's occupancy grid is carved from the masks before the first step."""
+
+    enabled: bool = True
+    dilation: int = 4        # pixels added to every mask before carving
+    tolerance: int = 0       # views that may see a kept cell outside their mask
+    trainable_margin_deg: float | None = 4.0  # camera=trainable: carve from the starting poses, the masks dilated by this
+    #                                           further view angle (the pose error the hull tolerates); None: no hull
+
+
+@dataclass
+class SystemConfig:
+    """What both systems share; ``model`` is a ``_target_`` object (configs/system/*.yaml)."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    model: Any = MISSING
+    background: str = "${dataset.background}"  # black | white | random | learned
+    render_chunk: int = 4096
+    eval_downscale: int = 1
+
+
+@dataclass
+class NeuSConfig(SystemConfig):
+    _target_: str = "systems.neus.NeuSSystem"
+    name: str = "neus"
+    cos_anneal_steps: int = 200
+    rays: Rays = field(default_factory=Rays)
+    loss: NeuSLoss = field(default_factory=NeuSLoss)
+    visual_hull: VisualHull = field(default_factory=VisualHull)
+    optim: Optim = field(default_factory=Optim)
+
+
+@dataclass
+class IDRConfig(SystemConfig):
+    _target_: str = "systems.idr.IDRSystem"
+    name: str = "idr"
+    n_rays: int = 1024
+    loss: IDRLoss = field(default_factory=IDRLoss)
+    optim: IDROptim = field(default_factory=IDROptim)
+
+
+@dataclass
+class Trainer:
+    """Lightning's loop limits and intervals (steps)."""
+
+    max_steps: int = 1500
+    max_time: str | None = "00:00:09:00"  # DD:HH:MM:SS; training stops here at the latest (evaluation comes after)
+    val_check_interval: int = 500
+    log_every_n_steps: int = 25
+    checkpoint_every_n_steps: int = 250
+    accelerator: str = "auto"
+    precision: str = "32-true"
+
+
+@dataclass
+class Export:
+    resolution: int | None = None  # marching-cubes grid; None: 512 on a GPU, 192 on the CPU
+    largest_component: bool = True
+    vertex_colors: bool = True
+    filename: str = "final.ply"    # .ply, .obj or .glb
+
+
+@dataclass
+class Eval:
+    chamfer_points: int = 200000
+    max_dist: float = 20.0         # DTU caps distances at 20 world units
+    mask_dilation: int = 12        # pixels; the prediction is culled to the dilated masks of the views that see it
+
+
+@dataclass
+class Config:
+    """The top level (configs/config.yaml chooses the groups)."""
+
+    encoder: Any = MISSING
+    system: Any = MISSING
+    dataset: Any = MISSING
+    camera: Any = MISSING
+    name: str = "${system.name}-${dataset.name}"
+    scan: int = 24                 # DTU scan id, used by dataset=dtu
+    data_dir: str = "data"         # where datasets live (the synthetic scene is generated and cached here)
+    seed: int = 42
+    mode: str = "train"            # train | test | eval | export | inspect_init | transfer (see --help)
+    resume: str | None = None      # a run directory or a checkpoint to continue / evaluate
+    geometry_run: str | None = None    # mode=transfer: the run whose geometry is rendered ...
+    appearance_run: str | None = None  # ... with the colour network of this run
+    trainer: Trainer = field(default_factory=Trainer)
+    export: Export = field(default_factory=Export)
+    eval: Eval = field(default_factory=Eval)
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore, outside every config group: ``config_schema``
+    (configs/config.yaml), ``neus_schema`` and ``idr_schema`` (configs/system/*.yaml, ``@_here_``)."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    store.store(name="neus_schema", node=NeuSConfig)
+    store.store(name="idr_schema", node=IDRConfig)
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a plain config value (None, bool, int, float, str, list, dict) fits ``annotation``;
+    annotations that are not plain types (modules, tensors, ...) accept anything."""
+    if annotation is Any or (isinstance(value, dict) and "_target_" in value):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(annotation))
+    annotation = origin or annotation
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, (list, tuple))
+    if annotation in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    return True
+
+
+def check_targets(node: Any, key: str = "", ignore: Mapping[str, Iterable[str]] | None = None) -> None:
+    """Check every ``_target_`` node of a resolved config (plain containers) against its target's
+    signature: no unknown key (unless it takes ``**kwargs``) and every value of a plainly typed
+    argument of the right type. ``ignore`` maps a node's key to keys it may hold besides arguments.
+
+    Raises:
+        InputError: naming the full key and the problem.
+    """
+    ignore = ignore or {}
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            check_targets(item, f"{key}[{i}]", ignore)
+        return
+    if not isinstance(node, dict):
+        return
+    if "_target_" in node:
+        try:
+            target = get_method(node["_target_"]) if "." in str(node["_target_"]) else None
+        except Exception as err:  # Hydra wraps import errors of every kind
+            raise InputError(f"{key}._target_", f"cannot import {node['_target_']!r} ({err.__cause__ or err})") from err
+        function = target.__init__ if isinstance(target, type) else target
+        parameters = inspect.signature(target).parameters
+        hints = typing.get_type_hints(function)
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+        for name, value in node.items():
+            full = f"{key}.{name}" if key else name
+            if name.startswith("_") or name in set(ignore.get(key, ())):
+                continue
+            if name not in parameters:
+                if not takes_any:
+                    choices = ", ".join(p for p in parameters if p not in ("self", "args", "kwargs"))
+                    raise InputError(full, f"unknown key for {node['_target_']}; its arguments are {choices}")
+                continue
+            if name in hints and not _matches(value, hints[name]):
+                raise InputError(full, f"expected {_type_name(hints[name])}, got {value!r}")
+    for name, value in node.items():
+        check_targets(value, f"{key}.{name}" if key else name, ignore)
+
+
+def _type_name(annotation: Any) -> str:
+    """A short readable name of a type annotation (``int | None``)."""
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def check_sections(node: DictConfig, key: str = "") -> None:
+    """Refuse keys added (``+key=value``) to a typed section of a composed config: Hydra lets them
+    into a structured node, where nothing would read them."""
+    schema = OmegaConf.get_type(node)
+    fields = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for name in node.keys():
+        full = f"{key}.{name}" if key else str(name)
+        if fields is not None and name not in fields:
+            raise InputError(full, f"unknown key; {schema.__name__} has {', '.join(sorted(fields))}")
+        child = node._get_node(name)
+        if isinstance(child, DictConfig):
+            check_sections(child, full)

@@ -1,0 +1,121 @@
+"""The run directory contract: what makes a folder a run of ours, which checkpoint a resume takes,
+and what a failed start may remove. Nothing here deletes a file this tool did not write."""
+from __future__ import annotations
+
+import logging
+import shutil
+import zipfile
+from pathlib import Path
+
+import torch
+
+from datasets.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# What Hydra writes into a run directory before the job starts (``hydra.job.name`` is ``launch``).
+HYDRA_ENTRIES = frozenset({".hydra", "launch.log"})
+# What a run writes once it has started: its presence makes a folder a run with results.
+RESULT_ENTRIES = frozenset({"checkpoints", "meshes", "metrics.json", "renders", "cameras_refined.npz", "tensorboard", "transfer",
+                            "inspect"})
+
+
+def folder_state(path: Path) -> str:
+    """What ``path`` holds: ``absent``; ``empty``; ``started`` (only Hydra's files: a run of ours
+    that stopped before writing anything); ``run`` (a run of ours with results); ``foreign``
+    (anything else: a folder this tool must not write into)."""
+    if not path.exists():
+        return "absent"
+    if not path.is_dir():
+        return "foreign"
+    names = {p.name for p in path.iterdir()}
+    if not names:
+        return "empty"
+    if names <= HYDRA_ENTRIES:
+        return "started"
+    if (path / ".hydra").is_dir() and names <= HYDRA_ENTRIES | RESULT_ENTRIES:
+        return "run"
+    return "foreign"
+
+
+def check_new_run_dir(path: Path) -> None:
+    """Refuse to start a new run in ``path`` unless it is absent, empty or a run of ours that never
+    got further than Hydra's files."""
+    state = folder_state(path)
+    if state == "run":
+        raise InputError(path, "run directory already holds a run; pass resume=DIR to continue it or choose a new hydra.run.dir")
+    if state == "foreign":
+        raise InputError(path, "folder is not empty and is not a run directory of launch.py; choose a new or empty hydra.run.dir")
+
+
+def checkpoint_step(path: Path) -> int:
+    """The training step saved in checkpoint ``path``; InputError if it is not a checkpoint of ours."""
+    if not zipfile.is_zipfile(path):
+        raise InputError(path, "not a checkpoint (not a PyTorch zip archive)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many types for truncated, foreign or pickled files
+        raise InputError(path, f"not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
+        raise InputError(path, "not a checkpoint of launch.py (no state_dict and global_step)")
+    return int(checkpoint["global_step"])
+
+
+def newest_checkpoint(folder: Path) -> Path:
+    """The checkpoint of ``folder`` with the highest step that loads (the most recently written among
+    equal steps); unreadable ones are skipped with a warning."""
+    best: tuple[int, float, Path] | None = None
+    for path in sorted(folder.glob("*.ckpt")):
+        try:
+            key = (checkpoint_step(path), path.stat().st_mtime, path)
+        except InputError as err:
+            log.warning("skipping %s", err)
+            continue
+        best = key if best is None or key[:2] > best[:2] else best
+    if best is None:
+        raise InputError(folder, "no checkpoint that loads; nothing to resume from")
+    return best[2]
+
+
+def find_checkpoint(path: str) -> tuple[Path, Path]:
+    """(run directory, checkpoint file) of ``resume=PATH``: a run directory (its newest checkpoint
+    that loads) or a checkpoint file inside one."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(path, "resume path does not exist")
+    if p.is_file():
+        run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        checkpoint_step(p)
+        ckpt = p
+    else:
+        run_dir = p
+        ckpt = None
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise InputError(run_dir, "not a run directory of launch.py (no .hydra/config.yaml); resume takes a run directory or a checkpoint in one")
+    return run_dir, ckpt or newest_checkpoint(run_dir / "checkpoints")
+
+
+def remove_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the ``*.tmp`` files that killed writes of checkpoints, meshes and results left in
+    ``run_dir``; returns them."""
+    stale = [p for pattern in ("*.tmp", "checkpoints/*.tmp", "meshes/*.tmp") for p in run_dir.glob(pattern) if p.is_file()]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
+def remove_created(run_dir: Path, kept: set[str], remove_folder: bool) -> None:
+    """Undo a failed start: delete the entries of ``run_dir`` that Hydra or a run writes and that
+    were not there before (``kept``), then the folder itself when ``remove_folder`` and it is empty.
+    Anything else in the folder is left alone."""
+    if not run_dir.is_dir():
+        return
+    for entry in run_dir.iterdir():
+        if entry.name in kept or entry.name not in HYDRA_ENTRIES | RESULT_ENTRIES:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if remove_folder and not any(run_dir.iterdir()):
+        run_dir.rmdir()
