@@ -63,7 +63,7 @@ def check_group_choices(args: list[str]) -> None:
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
     except OverrideParseException:
-        return  # Hydra reports the syntax error itself
+        return  # check_config reports it
     for override in overrides:
         group = CONFIG_DIR / override.key_or_group
         if override.is_delete() or not group.is_dir() or override.value_type == ValueType.GLOB_CHOICE_SWEEP:
@@ -85,7 +85,10 @@ def check_config(args: list[str]) -> None:
     """Compose the config of the command line (each option of a sweep in turn) and check it: wrong
     types and unknown keys in typed sections (systems/config.py) and in ``_target_`` objects fail
     here, in one line, before a run directory exists."""
-    overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except OverrideParseException as err:
+        raise InputError("command line", str(err).strip().splitlines()[0]) from err
     plain = [o.input_line for o in overrides if not o.key_or_group.startswith("hydra") and not o.is_sweep_override()]
     variants = [plain]
     for o in overrides:

@@ -105,3 +105,11 @@ def test_training_step_weighs_the_curvature_loss(small_synthetic, monkeypatch, g
     system.loss_cfg.curvature = 0.0
     system.training_step(None, 0)
     assert "curvature" not in logged
+
+
+def test_a_loaded_run_renders_with_the_annealing_it_was_trained_to(small_synthetic):
+    """The step counter of a run loaded for mode=test is 0: evaluation must not undo the cosine annealing."""
+    system = make_neus(small_synthetic)
+    assert system.cos_anneal_steps == 200 and system.global_step == 0
+    assert system.train().cos_anneal_ratio() == 0.0
+    assert system.eval().cos_anneal_ratio() == 1.0
