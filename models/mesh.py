@@ -3,6 +3,8 @@
 Marching cubes: Lorensen & Cline, "Marching Cubes: A High Resolution 3D Surface Construction
 Algorithm", SIGGRAPH 1987 (via PyMCubes). The bounding-sphere restriction follows NeuS
 (Wang et al., NeurIPS 2021) / IDR (Yariv et al., NeurIPS 2020), whose scenes live in the unit sphere.
+An optional ``outside`` predicate marks space known to be empty (e.g. what a renderer skips), where
+the field's sign is not trusted.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from scipy.sparse.csgraph import connected_components
 import torch
 
 SdfFn = Callable[[torch.Tensor], torch.Tensor]
+RegionFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _empty_mesh() -> tuple[np.ndarray, np.ndarray]:
@@ -29,11 +32,13 @@ def _sdf_grid(
     radius: float,
     chunk: int,
     device: torch.device | str,
+    outside: RegionFn | None = None,
 ) -> np.ndarray:
     """SDF on an (R, R, R) grid spanning the box [lo, hi] (3,), clipped to the sphere of `radius`.
 
     Grid points are generated chunk by chunk from flat indices, so at most `chunk` points exist at once.
-    Points outside the sphere are made "outside": sdf = max(sdf, |x| - radius).
+    Points outside the sphere are made "outside": sdf = max(sdf, |x| - radius); so are points where
+    ``outside(points)`` (P,) is true: sdf = |sdf|.
     """
     r = resolution
     values = np.empty(r**3, dtype=np.float32)
@@ -45,6 +50,8 @@ def _sdf_grid(
             ijk = torch.stack([idx // (r * r), (idx // r) % r, idx % r], dim=-1)
             points = lo_t + ijk.to(torch.float32) * step_t
             sdf = sdf_fn(points).reshape(-1).to(torch.float32)
+            if outside is not None:
+                sdf = torch.where(outside(points), sdf.abs(), sdf)
             sdf = torch.maximum(sdf, points.norm(dim=-1) - radius)
             values[start : start + len(idx)] = sdf.cpu().numpy()
     return values.reshape(r, r, r)
@@ -71,6 +78,7 @@ def extract_mesh(
     chunk: int = 65536,
     device: torch.device | str = "cpu",
     refine: bool = True,
+    outside: RegionFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Marching-cubes mesh of the zero level of `sdf_fn` inside the sphere of `radius`.
 
@@ -79,6 +87,9 @@ def extract_mesh(
         resolution: grid points per axis (R).
         refine: first find the surface's bounding box on a half-resolution grid, then march at
             ``resolution`` on that (padded) box only.
+        outside: (P, 3) -> (P,) bool, points known to be empty space; the SDF counts as positive
+            there (|sdf|), so no surface is extracted in that space and one crossing into it is closed
+            at its border. None: the whole sphere is trusted.
 
     Returns:
         vertices (V, 3) float32 in sdf_fn's frame and faces (F, 3) int64 with outward normals;
@@ -86,13 +97,13 @@ def extract_mesh(
     """
     lo, hi = np.full(3, -radius), np.full(3, radius)
     first = max(32, resolution // 2) if refine else resolution
-    verts, faces = _march(_sdf_grid(sdf_fn, lo, hi, first, radius, chunk, device), lo, hi)
+    verts, faces = _march(_sdf_grid(sdf_fn, lo, hi, first, radius, chunk, device, outside), lo, hi)
     if not refine or len(faces) == 0:
         return verts, faces
     pad = 2 * (hi - lo) / (first - 1)
     lo2 = np.maximum(verts.min(axis=0) - pad, lo)
     hi2 = np.minimum(verts.max(axis=0) + pad, hi)
-    fine_verts, fine_faces = _march(_sdf_grid(sdf_fn, lo2, hi2, resolution, radius, chunk, device), lo2, hi2)
+    fine_verts, fine_faces = _march(_sdf_grid(sdf_fn, lo2, hi2, resolution, radius, chunk, device, outside), lo2, hi2)
     return (fine_verts, fine_faces) if len(fine_faces) else (verts, faces)
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable
 
+import numpy as np
+import scipy.ndimage
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,12 +73,29 @@ class OccupancyGrid(nn.Module):
         """(R^3, 3) cell centres in ``cell_index`` order."""
         return (self.cell_index + 0.5) * self.cell_size - self.radius
 
-    def lookup(self, points: torch.Tensor) -> torch.Tensor:
-        """(P, 3) -> (P,) bool occupancy (points outside the grid are empty)."""
+    def lookup(self, points: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+        """(P, 3) -> (P,) bool value of the cell holding each point in ``cells`` (R, R, R) bool, by
+        default ``occupied``; points outside the grid get False."""
+        cells = self.occupied if cells is None else cells
         idx = ((points + self.radius) / self.cell_size).floor().long()
         inside = ((idx >= 0) & (idx < self.resolution)).all(-1)
         idx = idx.clamp(0, self.resolution - 1)
-        return self.occupied[idx[:, 0], idx[:, 1], idx[:, 2]] & inside
+        return cells[idx[:, 0], idx[:, 1], idx[:, 2]] & inside
+
+    @torch.no_grad()
+    def exterior(self, dilation: int = 1) -> torch.Tensor:
+        """(R, R, R) bool: the empty space around all that is sampled, i.e. the cells farther than
+        ``dilation`` cells (26-neighbourhood) from every occupied cell that connect to the grid's
+        border through face neighbours. :meth:`sample` never samples there, so whatever a
+        field holds in these cells is invisible to rendering. Empty cells enclosed by occupied ones
+        (an object's interior) are not exterior; nothing is while every cell is occupied (a fresh
+        or disabled grid)."""
+        k = 2 * dilation + 1
+        near = F.max_pool3d(self.occupied[None, None].float(), k, stride=1, padding=dilation)[0, 0] > 0
+        labels, _ = scipy.ndimage.label(~near.cpu().numpy())  # face-connected components of the empty cells
+        border = np.concatenate([labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(), labels[:, :, [0, -1]].ravel()])
+        exterior = np.isin(labels, border[border > 0])
+        return torch.from_numpy(exterior).to(self.occupied.device)
 
     @torch.no_grad()
     def update(self, occupancy_fn: Callable[[torch.Tensor], torch.Tensor], fraction: float = 1.0, chunk: int = 131072) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import imageio.v3 as iio
 import numpy as np
@@ -22,6 +22,7 @@ from models.cameras import Similarity, TrainableCameras, pose_errors
 from models.mesh import extract_mesh, largest_component
 from models.metrics import psnr, silhouette_iou
 from models.rays import RayBundle, image_rays, pixel_rays
+from models.samplers import OccupancyGrid
 from systems.config import Optim, as_section
 from systems.mesh_io import save_cameras, save_mesh
 from systems.schedules import decay_factor
@@ -286,9 +287,23 @@ class BaseSystem(pl.LightningModule):
                 c2w = sim.poses(c2w)
         save_cameras(path, intrinsics.double().cpu().numpy(), c2w.double().cpu().numpy(), self.scene.scale_mat)
 
+    def empty_space(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """(P, 3) -> (P,) bool: points in the space the renderer skips as empty, the exterior of the
+        model's occupancy grid (:meth:`OccupancyGrid.exterior`); None without a grid (IDR)."""
+        grid = getattr(self.model, "grid", None)
+        if not isinstance(grid, OccupancyGrid):
+            return None
+        exterior = grid.exterior()
+        return lambda x: grid.lookup(x, exterior)
+
     def export_mesh(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Extract the zero level set and write it (world frame) to ``path``; returns world (vertices, faces)."""
-        vertices, faces = extract_mesh(self.sdf, resolution, device=self.device, chunk=self.render_chunk * 16)
+        """Extract the zero level set and write it (world frame) to ``path``; returns world (vertices, faces).
+
+        Only the surface the renderer sees is extracted: the SDF counts as positive in its empty
+        space (:meth:`empty_space`), where rays take no samples and nothing constrains its sign
+        (sine-based encoders such as NFFB readily cross zero there)."""
+        vertices, faces = extract_mesh(self.sdf, resolution, device=self.device, chunk=self.render_chunk * 16,
+                                       outside=self.empty_space())
         if keep_largest and len(faces):
             vertices, faces = largest_component(vertices, faces)
         rgb = None

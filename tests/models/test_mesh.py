@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models.mesh import extract_mesh, largest_component
+from models.samplers import OccupancyGrid
 
 
 def sphere_sdf(radius: float, center: tuple[float, float, float] = (0.0, 0.0, 0.0)):
@@ -100,3 +101,36 @@ def test_largest_component_keeps_bigger_sphere() -> None:
     np.testing.assert_allclose(np.linalg.norm(kept_v - [0.4, 0, 0], axis=1), 0.35, atol=0.01)
     _, volume = area_and_volume(kept_v, kept_f)
     assert volume == pytest.approx(4 / 3 * np.pi * 0.35**3, rel=0.03)
+
+
+def test_empty_space_hides_spurious_surfaces_but_keeps_the_interior() -> None:
+    # The renderer's grid is occupied only in a band around a sphere of radius 0.4 (its interior and
+    # the space around it are empty). The field also has a blob in that empty space and is negative
+    # near the bounding sphere, as sine-based fields can be where no ray samples: neither is exported,
+    # and the empty interior (enclosed by the band) is not hollowed out.
+    grid = OccupancyGrid(resolution=32)
+    sdf_true = sphere_sdf(0.4)
+    blob = sphere_sdf(0.15, (-0.6, 0.5, 0.0))
+    grid.occupied.copy_((sdf_true(grid.cell_centers()).abs() < grid.cell_size).reshape(grid.occupied.shape))
+
+    def field(x: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(torch.minimum(sdf_true(x), blob(x)), 0.9 - x.norm(dim=-1))
+
+    v, f = extract_mesh(field, 64)
+    assert len(largest_component(v, f)[1]) < len(f) and np.linalg.norm(v, axis=1).max() > 0.85  # the spurious surfaces
+    exterior = grid.exterior()
+    v, f = extract_mesh(field, 64, outside=lambda x: grid.lookup(x, exterior))
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 0.4, atol=5e-3)
+    _, volume = area_and_volume(v, f)
+    assert volume == pytest.approx(4 / 3 * np.pi * 0.4**3, rel=0.02)  # one closed sphere, solid
+
+
+def test_no_empty_space_changes_nothing() -> None:
+    # A fresh grid is fully occupied: it has no exterior, and extraction is the plain one.
+    grid = OccupancyGrid(resolution=16)
+    assert not grid.exterior().any()
+    sdf = sphere_sdf(0.5)
+    plain = extract_mesh(sdf, 32)
+    masked = extract_mesh(sdf, 32, outside=lambda x: grid.lookup(x, grid.exterior()))
+    for a, b in zip(plain, masked):
+        np.testing.assert_array_equal(a, b)
