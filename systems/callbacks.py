@@ -97,7 +97,7 @@ class Evaluation(pl.Callback):
         scene = pl_module.scene
         if scene.gt_path is None or not self.mesh_path.exists():
             return {}
-        pred_v, pred_f = load_reference(self.mesh_path)
+        pred_v, pred_f = load_reference(self.mesh_path, allow_empty=True)  # an empty mesh scores the cap
         gt_v, gt_f = load_reference(scene.gt_path)
         inv = np.linalg.inv(scene.scale_mat)
         masks = scene.masks

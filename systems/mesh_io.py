@@ -77,12 +77,13 @@ def save_cameras(path: str | Path, intrinsics: np.ndarray, c2w: np.ndarray, scal
     atomic_write(path, buffer.getvalue())
 
 
-def load_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+def load_reference(path: str | Path, allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Read reference geometry: a mesh as (vertices (V, 3), faces (F, 3) int64) or a point cloud
-    (ply without faces, ...) as (points (P, 3), None), float64.
+    (ply without faces, ...) as (points (P, 3), None), float64. ``allow_empty``: a file without
+    vertices (an exported mesh of a run that found no surface) reads as a mesh with (0, 3) arrays.
 
     Raises:
-        InputError: the file is missing, unreadable or holds no points.
+        InputError: the file is missing, unreadable or (unless ``allow_empty``) holds no points.
     """
     path = Path(path)
     if not path.is_file():
@@ -94,6 +95,8 @@ def load_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     if isinstance(loaded, trimesh.Scene):
         loaded = loaded.to_geometry() if loaded.geometry else None
     vertices = getattr(loaded, "vertices", None)
+    if (vertices is None or len(vertices) == 0) and allow_empty:
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
     if vertices is None or len(vertices) == 0:
         raise InputError(path, "reference geometry is empty (no vertices)")
     faces = getattr(loaded, "faces", None)

@@ -181,6 +181,9 @@ def test_multirun_sweeps_encoders(launch, tiny, data_dir, tmp_path):
     for job in ("0", "1"):
         assert json.loads((sweep / job / "metrics.json").read_text())["step"] == 3
     assert "FrequencyEncoder" in (sweep / "1" / ".hydra" / "config.yaml").read_text()
+    # The sweep's summary (tools.summarize), written when it ends: one row per job, the swept key as a column.
+    rows = (sweep / "summary.csv").read_text().splitlines()
+    assert rows[0].startswith("job,encoder,chamfer") and [r.split(",")[:2] for r in rows[1:]] == [["0", "hashgrid"], ["1", "frequency"]]
 
 
 BAD_INPUTS = [["encoder=nope"], ["system.optim.lr=abc"], ["dataset.shape=cube"], ["mode=test"],

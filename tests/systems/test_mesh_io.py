@@ -88,3 +88,5 @@ def test_load_reference_errors(tmp_path: Path) -> None:
     save_mesh(tmp_path / "empty.ply", np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64))
     with pytest.raises(InputError, match="empty"):
         load_reference(tmp_path / "empty.ply")
+    vertices, faces = load_reference(tmp_path / "empty.ply", allow_empty=True)
+    assert vertices.shape == (0, 3) and faces.shape == (0, 3)
