@@ -25,27 +25,26 @@ sys.path.insert(0, str(ROOT))
 from datasets.synthetic import SHAPES  # noqa: E402
 
 ENCODERS = ("hashgrid", "frequency", "nffb", "stylemod_nffb")
-NOISE = ["camera=trainable", "camera.noise.rotation_deg=3", "camera.noise.translation=0.02"]
+# Recipes are configs/experiment/*.yaml; the long variants below only change the length.
 NEUS_3000 = ["trainer.max_time=00:01:00:00", "trainer.max_steps=3000"]
 NEUS_6000 = ["trainer.max_time=00:02:00:00", "trainer.max_steps=6000"]
-IDR_3580 = ["system=idr", "trainer.max_time=00:02:00:00", "trainer.max_steps=3580"]  # twice the 1790 of earlier IDR rows
+IDR_3580 = ["trainer.max_time=00:02:00:00", "trainer.max_steps=3580"]  # twice the 1790 of earlier IDR rows
 JOBS = {
     "synthetic": [],
-    "dtu24": ["dataset=dtu", "scan=24", f"data_dir={ROOT.parent / 'shared' / 'data'}", "trainer.max_time=00:00:20:00",
-              "trainer.max_steps=3000", "system.eval_downscale=2"],
-    "synthetic-idr": ["system=idr", "trainer.max_time=00:00:15:00", "trainer.max_steps=3000"],
+    "dtu24": ["experiment=dtu-neus", f"data_dir={ROOT.parent / 'shared' / 'data'}"],
+    "synthetic-idr": ["experiment=idr"],
     # Issue 5: 3 degrees and 2 % centre noise, against the fixed-camera jobs of the same length; IDR with
     # BARF's coarse-to-fine window on its positional encoding.
-    "synthetic-cameras": NOISE,
-    "synthetic-idr-cameras": ["system=idr", "trainer.max_time=00:00:15:00", "trainer.max_steps=3000", *NOISE, "encoder.window_end=1000"],
+    "synthetic-cameras": ["experiment=noisy-cameras"],
+    "synthetic-idr-cameras": ["experiment=idr-noisy-cameras"],
     # Twice as long, by steps (no time cap), each with its fixed-camera job; the BARF window scales with the length.
     "synthetic-3000": NEUS_3000,
-    "synthetic-cameras-3000": [*NEUS_3000, *NOISE],
-    "synthetic-idr-3580": IDR_3580,
-    "synthetic-idr-cameras-3580": [*IDR_3580, *NOISE, "encoder.window_end=2000"],
+    "synthetic-cameras-3000": ["experiment=noisy-cameras", *NEUS_3000],
+    "synthetic-idr-3580": ["experiment=idr", *IDR_3580],
+    "synthetic-idr-cameras-3580": ["experiment=idr-noisy-cameras", *IDR_3580, "encoder.window_end=2000"],
     # NeuS four times as long: its poses reach about 0.1 degrees, which its sharper surface needs.
     "synthetic-6000": NEUS_6000,
-    "synthetic-cameras-6000": [*NEUS_6000, *NOISE],
+    "synthetic-cameras-6000": ["experiment=noisy-cameras", *NEUS_6000],
     # Issue 17: every encoder with NeuS's default recipe in 8 minutes (run them with --shapes all).
     **{f"encoder-{name}": [f"encoder={name}", "trainer.max_time=00:00:08:00"] for name in ENCODERS},
 }

@@ -1,0 +1,22 @@
+"""Every option of every config group, and every experiment, composes and passes launch.py's start-up checks."""
+import pytest
+
+from launch import CONFIG_DIR, check_config, compose_config
+
+GROUP_OPTIONS = [f"{group.name}={option.stem}" for group in sorted(CONFIG_DIR.iterdir()) if group.is_dir()
+                 for option in sorted(group.glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("override", GROUP_OPTIONS)
+def test_every_group_option_composes_and_checks(override: str) -> None:
+    check_config([override])  # raises InputError on unknown keys, wrong types or bad _target_ arguments
+
+
+def test_experiments_set_what_their_names_say() -> None:
+    dtu = compose_config(["experiment=dtu-neus", "scan=37"])
+    assert dtu.dataset.root.endswith("dtu/scan37") and dtu.system.model._target_ == "models.neus.NeuSModel"
+    assert (dtu.trainer.max_time, dtu.trainer.max_steps, dtu.system.eval_downscale) == ("00:00:20:00", 3000, 2)
+    idr = compose_config(["experiment=idr-noisy-cameras", "trainer.max_steps=7"])
+    assert idr.system.model._target_ == "models.idr.IDRModel" and idr.camera._target_.endswith("TrainableCameras")
+    assert (idr.camera.noise.rotation_deg, idr.encoder.window_end, idr.trainer.max_steps) == (3, 1000, 7)  # the command line wins
+    assert compose_config([]).get("experiment") is None
