@@ -9,11 +9,14 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 import pytorch_lightning as pl
@@ -28,25 +31,30 @@ from hydra.errors import HydraException, InstantiationException, OverrideParseEx
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from datasets.errors import InputError
 from systems.config import check_sections, check_targets, register_configs
 from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, resume_hint
 from systems.inspect import inspect_init, transfer
-from systems.run_dir import HYDRA_ENTRIES, check_new_run_dir, find_checkpoint, folder_state, remove_created, remove_temporaries
+from systems.video import render_videos
+from systems.run_dir import (HYDRA_ENTRIES, check_new_run_dir, find_checkpoint, folder_state, own_checkpoint, remove_created,
+                             remove_temporaries)
 
 log = logging.getLogger("launch")
-MODES = ("train", "test", "eval", "export", "inspect_init", "transfer")
+MODES = ("train", "test", "eval", "export", "inspect_init", "transfer", "video")
 # Keys of a dataset config that describe it rather than being loader arguments.
 DATASET_META = ("name", "scene", "background")
+# Keys of _target_ nodes that are ours, not arguments of the target (check_targets and build_trainer leave them out).
+TARGET_META = {"dataset": DATASET_META, "trainer": ("checkpoint_every_n_steps",)}
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # Whether an explicit hydra.run.dir existed before this process (set by prepare_argv; None: Hydra made it).
 RUN_DIR_EXISTED: bool | None = None
-# One line per failed job of a sweep, reported when the sweep ends.
-FAILED_JOBS: list[str] = []
+# A sweep's folder (set by prepare_argv); its failed jobs append one line each to FAILED_JOBS_FILE there, from
+# whichever process ran them (the basic launcher's, joblib's or submitit's workers).
+SWEEP_DIR: Path | None = None
+FAILED_JOBS_FILE = "failed_jobs.txt"
 register_configs()
 
 
@@ -105,7 +113,7 @@ def check_config(args: list[str]) -> None:
         except (HydraException, OmegaConfBaseException) as err:
             raise as_input_error(err) from err
         check_sections(cfg)
-        check_targets(container, ignore={"dataset": DATASET_META})
+        check_targets(container, ignore=TARGET_META)
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
@@ -116,14 +124,16 @@ def prepare_argv(argv: list[str]) -> list[str]:
     is refused unless it is new, empty or a run of ours that stopped before writing results, so no
     run and no user file is ever overwritten.
     """
-    global RUN_DIR_EXISTED
+    global RUN_DIR_EXISTED, SWEEP_DIR
     args = argv[1:]
     if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc") for a in args):
         return argv  # Hydra's own commands
+    if ddp_child():  # rank 0 checked this command line and made the run directory; log to the console, not to a file there
+        return [argv[0], *[a for a in args if not a.startswith("hydra/job_logging=")], "hydra/job_logging=stdout"]
     check_group_choices(args)
     multirun = "-m" in args or "--multirun" in args
     resume = _arg(args, "resume")
-    if resume and resume != "null" and not multirun:
+    if resume and resume not in ("null", "auto") and not multirun:
         run_dir, _ = find_checkpoint(resume)
         saved_file = run_dir / ".hydra" / "overrides.yaml"
         saved = yaml.safe_load(saved_file.read_text()) if saved_file.is_file() else []
@@ -134,18 +144,27 @@ def prepare_argv(argv: list[str]) -> list[str]:
         return [argv[0], *kept, *args, f"hydra.run.dir={run_dir}"]
     check_config(args)
     run_dir = _arg(args, "hydra.run.dir")
-    if run_dir and not multirun:
+    if run_dir and not multirun and not (resume == "auto" and folder_state(Path(run_dir)) in ("run", "started")):
         check_new_run_dir(Path(run_dir))
         RUN_DIR_EXISTED = Path(run_dir).exists()
     sweep_dir = _arg(args, "hydra.sweep.dir")
-    if sweep_dir and multirun and folder_state(Path(sweep_dir)) not in ("absent", "empty"):
+    if sweep_dir and multirun and folder_state(Path(sweep_dir)) not in ("absent", "empty") and not (
+            resume == "auto" and (Path(sweep_dir) / "multirun.yaml").is_file()):  # resume=auto re-runs a sweep of ours
         raise InputError(sweep_dir, "sweep directory is not empty; choose a new hydra.sweep.dir")
+    if multirun:
+        if not sweep_dir:  # fixed here (as configs/config.yaml would name it) so that this process knows it
+            sweep_dir = f"multirun/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+            argv = [*argv, f"hydra.sweep.dir={sweep_dir}"]
+        SWEEP_DIR = Path(sweep_dir)
     return argv
 
 
 def load_scene(cfg: DictConfig):
     """Instantiate the dataset loader from ``cfg.dataset`` (meta keys stripped)."""
     loader = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in DATASET_META}
+    missing = next((k for k in loader if OmegaConf.is_missing(cfg.dataset, k)), None)
+    if missing is not None:  # a value the dataset's YAML requires (???), e.g. dataset=ngp's root
+        raise InputError(f"dataset.{missing}", f"required; pass dataset.{missing}=...")
     if "root" in loader and not Path(loader["root"]).is_dir() and "${data_dir}" in str(cfg.dataset._get_node("root")._value()):
         raise InputError(loader["root"], f"scene folder does not exist (searched under data_dir={cfg.data_dir}); pass data_dir=DIR "
                                          "(the folder holding dtu/, nerf_synthetic/) or dataset.root=SCENE_DIR")
@@ -159,19 +178,31 @@ def default_resolution(cfg: DictConfig) -> int:
     return 512 if torch.cuda.is_available() else 192
 
 
+def ddp_child() -> bool:
+    """Whether this process is one of the copies of the command (ranks > 0) that Lightning's DDP launcher
+    starts with ``LOCAL_RANK``/``NODE_RANK`` set and ``hydra.run.dir`` pointing at rank 0's run directory."""
+    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
-    t = cfg.trainer
-    # No version counter: a resumed run that saves a step again replaces its file instead of adding step...-v1.ckpt.
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
-                                 every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1, save_last=True,
-                                 enable_version_counter=False)
-    return pl.Trainer(
-        max_steps=t.max_steps, max_time=t.max_time, val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
-        log_every_n_steps=t.log_every_n_steps, accelerator=t.accelerator, devices=1, precision=t.precision,
-        logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="step"), TerminateTestOnSigterm(run_dir, cfg.mode), *callbacks],
-        plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0, enable_model_summary=False, inference_mode=False,
-    )
+    """Lightning's trainer from ``cfg.trainer``, with the callbacks of ``cfg.callbacks`` (null ones left out;
+    ``checkpoint`` writes to ``run_dir/checkpoints``), then ``callbacks``, and the logger of ``cfg.logger`` in
+    ``run_dir/tensorboard``. What the run directory and the systems rely on is fixed here: atomic checkpoint
+    writes, no sanity validation, validation by steps, autograd in evaluation (SDF normals)."""
+    def build(key: str, node: Any, **kwargs: Any) -> Any:
+        try:
+            return instantiate(node, _convert_="object", **kwargs)
+        except InstantiationException as err:  # e.g. Lightning refusing a strategy or precision: one line naming the node
+            cause = err.__cause__ or err
+            raise InputError(key, (str(cause).strip().splitlines() or [type(cause).__name__])[0]) from err
+
+    named = [build(f"callbacks.{name}", node, **({"dirpath": str(run_dir / "checkpoints")} if name == "checkpoint" else {}))
+             for name, node in cfg.callbacks.items() if node is not None]
+    logger = build("logger", cfg.logger, save_dir=str(run_dir), name="tensorboard", version="")
+    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in TARGET_META["trainer"]}
+    return build("trainer", trainer, logger=logger, callbacks=[*named, TerminateTestOnSigterm(run_dir, cfg.mode), *callbacks],
+                 enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in named), plugins=[AtomicCheckpointIO()],
+                 check_val_every_n_epoch=None, num_sanity_val_steps=0, enable_model_summary=False, inference_mode=False)
 
 
 def load_checkpoint(ckpt: Path) -> dict:
@@ -237,10 +268,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     system = build_system(cfg, run_dir, checkpoint)
     if cfg.mode == "inspect_init":
         return {"inspect": [str(p) for p in inspect_init(system, run_dir / "inspect")]}
+    if cfg.mode == "video":
+        v = cfg.video
+        videos = render_videos(system.eval(), run_dir / "video", v.frames, v.fps, v.size, v.path)
+        return {"step": int(checkpoint["global_step"]), "video": [str(p) for p in videos]}
 
     mesh_path = run_dir / "meshes" / cfg.export.filename
+    if cfg.export.target_faces is not None and cfg.export.target_faces < 4:
+        raise InputError("export.target_faces", f"must be at least 4 (a tetrahedron), got {cfg.export.target_faces}")
+    if cfg.export.texture and cfg.export.texture_size < 16:
+        raise InputError("export.texture_size", f"must be at least 16 texels, got {cfg.export.texture_size}")
     export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors,
-                        cameras_path=run_dir / "cameras_refined.npz")
+                        cameras_path=run_dir / "cameras_refined.npz", target_faces=cfg.export.target_faces,
+                        texture_size=cfg.export.texture_size if cfg.export.texture else None)
     if cfg.mode == "export":
         export.export(system)
         return {"step": int(checkpoint["global_step"]), "mesh": str(mesh_path)}
@@ -279,27 +319,46 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
 
 
 def fail(line: str, code: int) -> None:
-    """Report a failed job in one line: exit with ``code``, or in a sweep, record it and let the sweep go on."""
+    """Report a failed job in one line: exit with ``code``, or in a sweep, record it in the sweep's
+    ``failed_jobs.txt`` and let the sweep go on."""
     print(line, file=sys.stderr)
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
         sys.exit(code)
-    FAILED_JOBS.append(line)
+    with open(Path(hydra_cfg.sweep.dir) / FAILED_JOBS_FILE, "a") as failed:  # one short append per job
+        failed.write(f"job {hydra_cfg.job.num}: {line}\n")
+
+
+def objective_value(cfg: DictConfig, metrics: dict | None) -> float | None:
+    """What a job returns to Hydra's sweeper: ``metrics[cfg.objective]``, NaN (a failed trial to Optuna)
+    when the job failed or has no such metric, None without an objective."""
+    if not cfg.objective:
+        return None
+    value = (metrics or {}).get(cfg.objective)
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    auto = cfg.resume == "auto"
+    if auto:  # continue this run directory when it holds a checkpoint (a requeued or re-run job), else start it
+        cfg.resume = own_checkpoint(run_dir)
     fresh = not cfg.resume
     before = {p.name for p in run_dir.iterdir()} - HYDRA_ENTRIES
+    child = ddp_child()  # in rank 0's run directory, which it checked
     try:
-        if fresh and before:  # a timestamp or sweep folder that is taken: leave everything as it is
+        # A timestamp or sweep folder that is taken: leave everything as it is (resume=auto may restart a run of ours).
+        if fresh and before and not child and not (auto and folder_state(run_dir) == "run"):
             raise InputError(run_dir, "run directory already holds files; pass resume=DIR to continue a run or choose a new one")
+        if HydraConfig.get().mode == RunMode.MULTIRUN and (cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1):
+            raise InputError("trainer.devices", "a -m sweep runs each job on one device (DDP re-runs the command line)")
         metrics = run(cfg, run_dir)
     except InputError as err:
-        if fresh and not before and not (run_dir / "checkpoints").exists():
+        if fresh and not before and not child and not (run_dir / "checkpoints").exists():
             remove_created(run_dir, set(), remove_folder=not RUN_DIR_EXISTED)
         fail(f"error: {err}", 2)
-        return
+        return objective_value(cfg, None)
     except SIGTERMException:  # Lightning's, raised at the end of the step in which the signal came
         print(resume_hint(run_dir, cfg.mode), file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
@@ -308,8 +367,10 @@ def main(cfg: DictConfig) -> None:
             raise
         log.exception("job failed")
         fail(f"error: {run_dir}: {type(err).__name__}: {err}", 1)
-        return
-    print(summary(cfg, run_dir, metrics))
+        return objective_value(cfg, None)
+    if not child:
+        print(summary(cfg, run_dir, metrics))
+    return objective_value(cfg, metrics)
 
 
 if __name__ == "__main__":
@@ -319,6 +380,8 @@ if __name__ == "__main__":
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     main()
-    if FAILED_JOBS:
-        print(f"error: {len(FAILED_JOBS)} job(s) of the sweep failed (lines above); the others finished", file=sys.stderr)
+    failed = SWEEP_DIR / FAILED_JOBS_FILE if SWEEP_DIR is not None else None
+    if failed is not None and failed.is_file():
+        n_failed = len(failed.read_text().splitlines())
+        print(f"error: {n_failed} job(s) of the sweep failed (listed in {failed}); the others finished", file=sys.stderr)
         sys.exit(2)

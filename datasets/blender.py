@@ -63,6 +63,7 @@ def load_blender_scene(
     downscale: int = 1,
     max_test_views: int | None = None,
     name: str | None = None,
+    use_masks: bool = True,
 ) -> Scene:
     """Load a Blender-layout scene; train frames come first, then the test frames.
 
@@ -73,6 +74,7 @@ def load_blender_scene(
         downscale: integer box-filter downscaling of the images (intrinsics follow).
         max_test_views: keep only the first this many test frames (None: all).
         name: scene name for logs; defaults to the folder name.
+        use_masks: whether training may use the masks (they serve evaluation either way).
 
     Images are the straight RGB colours, masks the (soft) alpha channel.
     """
@@ -104,4 +106,5 @@ def load_blender_scene(
         test_ids=list(range(n_train, n_views)),
         root=str(base),
         name=name or base.resolve().name,
+        use_masks=use_masks,
     )

@@ -164,6 +164,7 @@ def load_npz_scene(
     downscale: int = 1,
     gt_path: str | None = None,
     name: str | None = None,
+    use_masks: bool = True,
 ) -> Scene:
     """Load a NeuS/IDR-layout scene folder.
 
@@ -173,6 +174,7 @@ def load_npz_scene(
         downscale: integer box-filter downscaling of images and masks (intrinsics follow).
         gt_path: ground-truth mesh/points in world coordinates; defaults to ``<root>/gt_mesh.ply`` if present.
         name: scene name for logs; defaults to the folder name.
+        use_masks: whether training may use the masks (they are read for evaluation either way).
     """
     base = Path(root)
     if not base.is_dir():
@@ -218,4 +220,5 @@ def load_npz_scene(
         name=name or base.resolve().name,
         gt_path=gt_path,
         init_c2w=init_c2w,
+        use_masks=use_masks,
     )

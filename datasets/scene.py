@@ -28,6 +28,7 @@ class Scene:
         gt_path: a ground-truth mesh or point cloud in world coordinates, or None.
         init_c2w: (N, 4, 4) rough starting poses for camera refinement (IDR's
             ``cameras_linear_init.npz``) in the same normalised frame, or None.
+        use_masks: whether training may use the masks; held-out evaluation uses them regardless.
     """
 
     images: torch.Tensor
@@ -41,6 +42,7 @@ class Scene:
     name: str
     gt_path: str | None = None
     init_c2w: torch.Tensor | None = None
+    use_masks: bool = True
 
     @property
     def n_views(self) -> int:
@@ -49,6 +51,11 @@ class Scene:
     @property
     def hw(self) -> tuple[int, int]:
         return int(self.images.shape[1]), int(self.images.shape[2])
+
+    @property
+    def train_masks(self) -> torch.Tensor | None:
+        """The masks (N, H, W) training may use: ``masks`` when ``use_masks``, else None."""
+        return self.masks if self.use_masks else None
 
     def to(self, device: torch.device | str) -> "Scene":
         """Move image, mask and camera tensors to ``device`` (in place); returns self."""

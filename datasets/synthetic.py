@@ -395,10 +395,12 @@ def load_synthetic_scene(
     test_every: int = 8,
     test_views: list[int] | None = None,
     shape: str = DEFAULT_SHAPE,
+    use_masks: bool = True,
 ) -> Scene:
-    """The synthetic scene of ``shape``, generated into ``cache_dir`` on first use and loaded from there afterwards."""
+    """The synthetic scene of ``shape``, generated into ``cache_dir`` on first use and loaded from there afterwards;
+    ``use_masks``: whether training may use its masks."""
     folder = cache_folder(cache_dir, n_views, width, height, world_scale, shape)
     if not folder.is_dir():
         _generate(folder, n_views, width, height, world_scale, shape)
     return load_npz_scene(str(folder), test_views=test_views, test_every=test_every,
-                          gt_path=str(folder / "gt_mesh.ply"), name=scene_name(shape))
+                          gt_path=str(folder / "gt_mesh.ply"), name=scene_name(shape), use_masks=use_masks)

@@ -155,16 +155,25 @@ def umeyama(src: torch.Tensor, dst: torch.Tensor, weights: torch.Tensor | None =
     return Similarity(scale.to(src.dtype), rot.to(src.dtype), trans.to(src.dtype))
 
 
-def look_at_points(c2w: torch.Tensor) -> torch.Tensor | None:
-    """The point each camera (N, 4, 4) looks at, (N, 3): the foot, on its optical axis, of the point
-    nearest to all axes in the least-squares sense (where an object-centric rig converges). Maps
-    with the cameras under any similarity. None when the axes are too close to parallel to meet."""
+def axes_meeting_point(c2w: torch.Tensor) -> torch.Tensor | None:
+    """The point (3,) nearest to the optical axes of cameras (N, 4, 4) in the least-squares sense
+    (where an object-centric rig converges). None when the axes are too close to parallel to meet."""
     c, z = c2w[:, :3, 3].double(), c2w[:, :3, 2].double()
     off_axis = torch.eye(3, dtype=c.dtype, device=c.device) - z[:, :, None] * z[:, None, :]  # (N, 3, 3)
     normal = off_axis.sum(0)
     if len(c2w) < 2 or float(torch.linalg.eigvalsh(normal)[0]) < 1e-3 * len(c2w):
         return None
-    meet = torch.linalg.solve(normal, (off_axis @ c[:, :, None]).sum(0))[:, 0]
+    return torch.linalg.solve(normal, (off_axis @ c[:, :, None]).sum(0))[:, 0].to(c2w.dtype)
+
+
+def look_at_points(c2w: torch.Tensor) -> torch.Tensor | None:
+    """The point each camera (N, 4, 4) looks at, (N, 3): the foot, on its optical axis, of
+    :func:`axes_meeting_point`. Maps with the cameras under any similarity. None when the axes are
+    too close to parallel to meet."""
+    c, z = c2w[:, :3, 3].double(), c2w[:, :3, 2].double()
+    meet = axes_meeting_point(c2w.double())
+    if meet is None:
+        return None
     return (c + ((meet - c) * z).sum(-1, keepdim=True) * z).to(c2w.dtype)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import fast_simplification
 import mcubes
 import numpy as np
 import scipy.sparse
@@ -128,3 +129,21 @@ def largest_component(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarr
     kept = faces[face_labels == np.bincount(face_labels).argmax()]
     used, inverse = np.unique(kept, return_inverse=True)
     return np.asarray(vertices)[used], inverse.reshape(-1, 3).astype(np.int64)
+
+
+def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reduce a mesh to at most ``target_faces`` faces by quadric edge collapse (Garland &
+    Heckbert, "Surface Simplification Using Quadric Error Metrics", SIGGRAPH 1997, via
+    fast-simplification); a mesh with no more faces is returned as it is.
+
+    Args:
+        vertices: (V, 3); faces: (F, 3) int.
+
+    Returns:
+        vertices (V', 3) of the input's dtype and faces (F', 3) int64.
+    """
+    vertices, faces = np.asarray(vertices), np.asarray(faces, dtype=np.int64)
+    if len(faces) <= target_faces:
+        return vertices, faces
+    points, triangles = fast_simplification.simplify(vertices.astype(np.float64), faces, target_count=target_faces)
+    return points.astype(vertices.dtype), triangles.astype(np.int64)

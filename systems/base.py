@@ -4,6 +4,7 @@ held-out rendering and metrics, mesh export. Subclasses implement ``training_ste
 Submodules expose ``update_step(epoch, step)`` hooks that are walked every step."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -13,21 +14,24 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from datasets.errors import InputError
 from datasets.scene import Scene
+from models.background import BackgroundField
 from models.cameras import Similarity, TrainableCameras, pose_errors
-from models.mesh import extract_mesh, largest_component
+from models.mesh import decimate, extract_mesh, largest_component
 from models.metrics import psnr, silhouette_iou
 from models.rays import RayBundle, image_rays, pixel_rays
 from models.samplers import OccupancyGrid
-from systems.config import Optim, as_section
-from systems.mesh_io import save_cameras, save_mesh
-from systems.schedules import decay_factor
+from models.texture import bake_texture
+from systems.config import BackgroundFieldConfig, Optim, Optimizer, Scheduler, as_section
+from systems.mesh_io import save_cameras, save_mesh, save_textured_mesh
 
-BACKGROUNDS = ("black", "white", "random", "learned")
+BACKGROUNDS = ("black", "white", "random", "learned", "nerf")
+CONSTANT_BACKGROUNDS = ("black", "white", "random")  # replaced by the background field when training without masks
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +45,7 @@ class _Steps(IterableDataset):
 
 class BaseSystem(pl.LightningModule):
     optim_schema: type[Optim] = Optim  # the optimiser section's dataclass (its defaults are the system's)
+    optimizer_schema: type[Optimizer] = Optimizer  # the default optimiser (system.optimizer)
 
     def __init__(
         self,
@@ -49,21 +54,32 @@ class BaseSystem(pl.LightningModule):
         scene: Scene,
         name: str = "",
         background: str = "black",
+        background_field: BackgroundFieldConfig | dict | None = None,
         optim: Optim | dict | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | Optimizer | dict | None = None,
+        scheduler: Callable[..., Any] | Scheduler | dict | None = None,
         render_chunk: int = 4096,
         eval_downscale: int = 1,
         run_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if background not in BACKGROUNDS:
-            raise InputError("system.background", f"unknown value {background!r}; choose one of {', '.join(BACKGROUNDS)}")
         self.model, self.cameras, self.scene = model, cameras, scene
+        background = self.resolve_background(background)
         self.name, self.background_mode = name, background
         self.optim = as_section(self.optim_schema, optim)
+        # Partials (Hydra's _partial_ nodes): optimizer(param groups), scheduler(optimizer, optim, max_steps).
+        self.make_optimizer = optimizer if callable(optimizer) else instantiate(optimizer or self.optimizer_schema(), _convert_="object")
+        self.make_scheduler = scheduler if callable(scheduler) else instantiate(scheduler or Scheduler(), _convert_="object")
         self.render_chunk, self.eval_downscale = render_chunk, eval_downscale
         self.run_dir = Path(run_dir) if run_dir else None
         self.learned_background = nn.Parameter(torch.zeros(3)) if background == "learned" else None
-        self.test_metrics: list[dict[str, float]] = []
+        field_cfg = as_section(BackgroundFieldConfig, background_field)
+        if background == "nerf" and not (field_cfg.n_samples >= 1 and 1 <= field_cfg.sh_degree <= 4):
+            raise InputError("system.background_field", f"n_samples must be >= 1 and sh_degree in 1..4, got {field_cfg.n_samples} "
+                                                        f"and {field_cfg.sh_degree}")
+        self.background_field = BackgroundField(**dataclasses.asdict(field_cfg)) if background == "nerf" else None
+        self.test_metrics: list[dict[str, float]] = []  # per held-out view, after the test epoch (rank 0)
+        self.test_outputs: list[tuple[int, dict[str, float], dict[str, np.ndarray]]] = []  # (view, metrics, images) of this rank
         self.register_buffer("train_ids", torch.tensor(scene.train_ids), persistent=False)
 
     # ----------------------------------------------------------------- data
@@ -73,6 +89,8 @@ class BaseSystem(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._scene_to_device()
+        if self.global_rank > 0:  # DDP: each process draws its own rays (rank 0 keeps a single process's stream)
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def on_test_start(self) -> None:
         self._scene_to_device()
@@ -89,17 +107,32 @@ class BaseSystem(pl.LightningModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.scene.test_ids, batch_size=None)
 
-    def background(self, n: int) -> torch.Tensor:
-        """Background colour for n rays, (n, 3) or (3,)."""
+    def resolve_background(self, background: str) -> str:
+        """The background mode to run with: ``background`` checked, and a constant colour replaced by
+        the background field (``nerf``, with one log line) when the scene trains without masks."""
+        if background not in BACKGROUNDS:
+            raise InputError("system.background", f"unknown value {background!r}; choose one of {', '.join(BACKGROUNDS)}")
+        if self.scene.train_masks is None and background in CONSTANT_BACKGROUNDS:
+            log.info("the scene trains without masks: system.background=%s -> nerf (a background field outside the bounding sphere)",
+                     background)
+            return "nerf"
+        return background
+
+    def background(self, rays: RayBundle) -> torch.Tensor:
+        """Background colour of rays, (R, 3) or (3,): a constant, or the background field's (R, 3)."""
+        if self.background_field is not None:
+            return self.background_field(rays, stratified=self.training)
         if self.background_mode == "random" and self.training:
-            return torch.rand(n, 3, device=self.device)
+            return torch.rand(len(rays), 3, device=self.device)
         if self.background_mode == "learned":
             return torch.sigmoid(self.learned_background)
         value = 1.0 if self.background_mode == "white" else 0.0
         return torch.full((3,), value, device=self.device)
 
     def sample_rays(self, n: int) -> tuple[RayBundle, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """n random training pixels: rays, target colour (n, 3) over the background, mask (n,) or None, view ids (n,)."""
+        """n random training pixels: rays, target colour (n, 3), mask (n,) or None (training without
+        masks), background (n, 3) or (3,). With masks and a constant background the target is the
+        image composited over it; with the background field it is the image as it is."""
         h, w = self.scene.hw
         views = self.train_ids[torch.randint(len(self.train_ids), (n,), device=self.device)]
         px = torch.randint(w, (n,), device=self.device)
@@ -107,26 +140,32 @@ class BaseSystem(pl.LightningModule):
         intrinsics, c2w = self.cameras(views)
         rays = pixel_rays(intrinsics, c2w, px.float() + 0.5, py.float() + 0.5)
         rgb = self.scene.images[views, py, px]
-        mask = None if self.scene.masks is None else self.scene.masks[views, py, px]
-        bg = self.background(n)
-        if mask is not None:
+        masks = self.scene.train_masks
+        mask = None if masks is None else masks[views, py, px]
+        bg = self.background(rays)
+        if mask is not None and self.background_field is None:
             rgb = rgb * mask[:, None] + bg * (1.0 - mask[:, None])
         return rays, rgb, mask, bg
 
     # ----------------------------------------------------------- optimisation
     def param_groups(self) -> list[dict[str, Any]]:
         """Adam groups with their own learning rates: encoder, geometry MLP, texture, camera (trainable
-        poses, ``lr_camera``) and everything else (learned background) as ``other``. Subclasses add their own."""
+        poses, ``lr_camera``), everything else (learned background) as ``other``, and with
+        ``background=nerf`` the background field (``lr_background``). Subclasses add their own."""
         o = self.optim
         geometry = self.model.geometry
         encoder_ids = {id(p) for p in geometry.encoder.parameters()}
-        return [
+        own = ("model.", "cameras.", "background_field.")
+        groups = [
             {"name": "encoder", "params": list(geometry.encoder.parameters()), "lr": o.group_lr("encoder")},
             {"name": "geometry", "params": [p for p in geometry.parameters() if id(p) not in encoder_ids], "lr": o.group_lr("geometry")},
             {"name": "texture", "params": list(self.model.texture.parameters()), "lr": o.group_lr("texture")},
             {"name": "camera", "params": list(self.cameras.parameters()), "lr": o.lr_camera},
-            {"name": "other", "params": [p for n, p in self.named_parameters() if not n.startswith(("model.", "cameras."))], "lr": o.lr},
+            {"name": "other", "params": [p for n, p in self.named_parameters() if not n.startswith(own)], "lr": o.lr},
         ]
+        if self.background_field is not None:
+            groups.append({"name": "background", "params": list(self.background_field.parameters()), "lr": o.group_lr("background")})
+        return groups
 
     def eikonal_loss(self, sample_grad: torch.Tensor, n_uniform: int) -> torch.Tensor:
         """Mean (|grad f| - 1)^2 over the given SDF gradients (S, 3) and ``n_uniform`` random points in the bounding cube."""
@@ -135,28 +174,10 @@ class BaseSystem(pl.LightningModule):
         grads = torch.cat([sample_grad, grad_uniform])
         return ((grads.norm(dim=-1) - 1.0) ** 2).mean()
 
-    def configure_optimizers(self):
-        groups = [g for g in self.param_groups() if g["params"]]
-        o = self.optim
-        optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=o.eps)
-        warmup = o.warmup_steps
-        horizon = o.decay_steps or max(self.trainer.max_steps, warmup + 1)
-        ratio = o.final_lr_ratio
-        camera_warmup = o.camera_warmup_steps
-        camera_horizon = min(horizon, o.camera_decay_steps or horizon)
-
-        def factor(step: int) -> float:
-            return decay_factor(step, warmup, horizon, ratio)
-
-        def camera_factor(step: int) -> float:
-            """Cameras wait for ``camera_warmup_steps`` steps (the scene settles first), then ramp up as
-            long; their rate reaches ``final_lr_ratio`` by ``camera_decay_steps`` at the latest and keeps
-            decaying past it (long runs drift when it stays high late: docs/BENCHMARKS.md)."""
-            ramp = min(max(step - camera_warmup, 0) / max(camera_warmup, 1), 1.0) if camera_warmup else 1.0
-            return ramp * decay_factor(step, warmup, camera_horizon, ratio, hold=False)
-
-        lambdas = [camera_factor if g["name"] == "camera" else factor for g in groups]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+    def configure_optimizers(self) -> dict[str, Any]:
+        """``system.optimizer`` on the non-empty :meth:`param_groups`, ``system.scheduler`` stepped every step."""
+        optimizer = self.make_optimizer([g for g in self.param_groups() if g["params"]])
+        scheduler = self.make_scheduler(optimizer, self.optim, self.trainer.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -169,19 +190,23 @@ class BaseSystem(pl.LightningModule):
         """Evaluation rendering of rays: rgb (R, 3), opacity (R,), depth (R,), normal (R, 3)."""
         raise NotImplementedError
 
+    def render_image(self, intrinsics: torch.Tensor, c2w: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
+        """Render a camera, intrinsics (3, 3) and c2w (4, 4), in chunks of ``render_chunk`` rays:
+        rgb, normal (H, W, 3), opacity, depth (H, W), detached."""
+        rays = image_rays(intrinsics, c2w, height, width)
+        chunks = [self.render_rays(chunk, self.background(chunk)) for chunk in
+                  (RayBundle(o, d) for o, d in zip(rays.origins.split(self.render_chunk), rays.directions.split(self.render_chunk)))]
+        out = {key: torch.cat([c[key].detach() for c in chunks]) for key in ("rgb", "opacity", "depth", "normal")}
+        return {key: v.reshape(height, width, -1).squeeze(-1) for key, v in out.items()}
+
     def render_view(self, view: int) -> dict[str, torch.Tensor]:
         """Render held-out view ``view`` at 1/eval_downscale resolution: rgb, normal (H, W, 3), opacity, depth (H, W)."""
         h, w = self.scene.hw
         s = self.eval_downscale
-        hh, ww = h // s, w // s
         intrinsics, c2w = self.view_cameras(torch.tensor([view], device=self.device))
         k = intrinsics[0].clone()
         k[:2] /= s
-        rays = image_rays(k, c2w[0], hh, ww)
-        bg = self.background(len(rays))
-        chunks = [self.render_rays(RayBundle(o, d), bg) for o, d in zip(rays.origins.split(self.render_chunk), rays.directions.split(self.render_chunk))]
-        out = {key: torch.cat([c[key].detach() for c in chunks]) for key in ("rgb", "opacity", "depth", "normal")}
-        return {key: v.reshape(hh, ww, -1).squeeze(-1) for key, v in out.items()}
+        return self.render_image(k, c2w[0], h // s, w // s)
 
     @property
     def trainable_cameras(self) -> bool:
@@ -234,7 +259,7 @@ class BaseSystem(pl.LightningModule):
     def validation_step(self, view: int, batch_idx: int) -> None:
         metrics, out = self.evaluate_view(int(view))
         for key, value in {**metrics, **self.pose_metrics()}.items():
-            self.log(f"val/{key}", value, batch_size=1)
+            self.log(f"val/{key}", value, batch_size=1, sync_dist=True)
         if self.logger is not None and hasattr(self.logger.experiment, "add_image"):
             for key, image in visualise(out).items():
                 self.logger.experiment.add_image(f"val/{key}", image, self.global_step, dataformats="HWC" if image.ndim == 3 else "HW")
@@ -242,17 +267,32 @@ class BaseSystem(pl.LightningModule):
     def test_step(self, view: int, batch_idx: int) -> None:
         view = int(view)
         metrics, out = self.evaluate_view(view)
-        self.test_metrics.append(metrics)
+        metrics = {k: float(v) for k, v in metrics.items()}
         log.info("held-out view %d (%d/%d): %s", view, batch_idx + 1, len(self.scene.test_ids),
                  ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-        if self.run_dir is not None:
-            render_dir = self.run_dir / "renders"
-            render_dir.mkdir(parents=True, exist_ok=True)
-            for key, image in visualise(out).items():
-                iio.imwrite(render_dir / f"view{view:03d}_{key}.png", image)
+        self.test_outputs.append((view, metrics, visualise(out)))
 
     def on_test_epoch_start(self) -> None:
-        self.test_metrics = []
+        self.test_metrics, self.test_outputs = [], []
+
+    def on_test_epoch_end(self) -> None:
+        """Collect the held-out views on rank 0 (DDP splits them across processes and repeats some to
+        even the split), each once and in order: their metrics in ``test_metrics``, their renders
+        written to ``renders/``. Other ranks keep none."""
+        outputs = self.test_outputs
+        if self.trainer.world_size > 1:
+            gathered = [None] * self.trainer.world_size if self.trainer.is_global_zero else None
+            torch.distributed.gather_object(outputs, gathered, dst=0)
+            outputs = [o for rank in gathered or [] for o in rank]
+        views = {view: (metrics, images) for view, metrics, images in sorted(outputs, key=lambda o: o[0])}
+        self.test_metrics = [metrics for metrics, _ in views.values()]
+        if self.run_dir is not None and views:
+            render_dir = self.run_dir / "renders"
+            render_dir.mkdir(parents=True, exist_ok=True)
+            for view, (_, images) in views.items():
+                for key, image in images.items():
+                    iio.imwrite(render_dir / f"view{view:03d}_{key}.png", image)
+        self.test_outputs = []
 
     # ----------------------------------------------------------------- meshes
     def sdf(self, x: torch.Tensor) -> torch.Tensor:
@@ -296,22 +336,34 @@ class BaseSystem(pl.LightningModule):
         exterior = grid.exterior()
         return lambda x: grid.lookup(x, exterior)
 
-    def export_mesh(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def export_mesh(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True,
+                    target_faces: int | None = None, texture_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Extract the zero level set and write it (world frame) to ``path``; returns world (vertices, faces).
 
         Only the surface the renderer sees is extracted: the SDF counts as positive in its empty
         space (:meth:`empty_space`), where rays take no samples and nothing constrains its sign
-        (sine-based encoders such as NFFB readily cross zero there)."""
+        (sine-based encoders such as NFFB readily cross zero there). ``target_faces`` decimates the
+        mesh before it is coloured; ``texture_size`` also writes it UV-textured (``<stem>_textured``
+        .obj/.mtl/.png/.glb, colours baked from the colour network into a texture that many texels square)."""
         vertices, faces = extract_mesh(self.sdf, resolution, device=self.device, chunk=self.render_chunk * 16,
                                        outside=self.empty_space())
         if keep_largest and len(faces):
             vertices, faces = largest_component(vertices, faces)
-        rgb = None
-        if colors and len(vertices):
-            v = torch.from_numpy(vertices).float().to(self.device)
-            rgb = torch.cat([self.vertex_colors(c) for c in v.split(self.render_chunk * 4)]).cpu().numpy()
+        if target_faces is not None:
+            vertices, faces = decimate(vertices, faces, target_faces)
+
+        def color_fn(points: np.ndarray) -> np.ndarray:
+            p = torch.from_numpy(points).float().to(self.device)
+            return torch.cat([self.vertex_colors(c) for c in p.split(self.render_chunk * 4)]).cpu().numpy()
+
+        rgb = color_fn(vertices) if colors and len(vertices) else None
         world = self.to_world(vertices.astype(np.float64)).astype(np.float32)
         save_mesh(path, world, faces, rgb)
+        if texture_size and len(faces):
+            textured = bake_texture(vertices, faces, color_fn, texture_size)
+            path = Path(path)
+            save_textured_mesh(path.with_name(f"{path.stem}_textured.obj"), self.to_world(textured.vertices).astype(np.float32),
+                               textured.faces, textured.uv, textured.image)
         return world, faces
 
 
@@ -345,5 +397,5 @@ def mask_loss(opacity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def log_scalars(module: pl.LightningModule, values: dict[str, float | torch.Tensor], prog_bar: tuple[str, ...] = ()) -> None:
     """Log training scalars under ``train/``."""
     for key, value in values.items():
-        module.log(f"train/{key}", value, prog_bar=key in prog_bar, batch_size=1)
+        module.log(f"train/{key}", value, prog_bar=key in prog_bar, batch_size=1, sync_dist=True)
 

@@ -12,12 +12,16 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import trimesh
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from scipy.spatial import cKDTree
 
+from models.mesh import decimate
 from models.metrics import chamfer_distance, visible_in_masks
 from systems.mesh_io import atomic_write, load_reference
 
 log = logging.getLogger(__name__)
+TENSORBOARD_MAX_FACES = 50_000  # meshes logged to TensorBoard are decimated to this many faces
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -63,28 +67,52 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 class MeshExport(pl.Callback):
     """Extracts the final mesh (world frame) when testing ends, and writes trainable cameras to
-    ``cameras_path`` (NeuS/IDR layout) when the system has any."""
+    ``cameras_path`` (NeuS/IDR layout) when the system has any; on rank 0 only."""
 
     def __init__(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True,
-                 cameras_path: str | Path | None = None) -> None:
+                 cameras_path: str | Path | None = None, target_faces: int | None = None,
+                 texture_size: int | None = None) -> None:
         self.path, self.resolution, self.keep_largest, self.colors = Path(path), resolution, keep_largest, colors
         self.cameras_path = None if cameras_path is None else Path(cameras_path)
+        self.target_faces, self.texture_size = target_faces, texture_size
 
     def export(self, pl_module: pl.LightningModule) -> None:
         started = time.time()
         log.info("exporting the mesh: marching cubes on a %d^3 grid ...", self.resolution)
-        vertices, faces = pl_module.export_mesh(self.path, self.resolution, self.keep_largest, self.colors)
+        vertices, faces = pl_module.export_mesh(self.path, self.resolution, self.keep_largest, self.colors,
+                                                self.target_faces, self.texture_size)
         log.info("mesh: %d vertices, %d faces in %.0f s -> %s", len(vertices), len(faces), time.time() - started, self.path)
         if self.cameras_path is not None and pl_module.trainable_cameras:
             pl_module.export_cameras(self.cameras_path)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:  # DDP: one process writes
+            return
         self.export(pl_module)
+        experiment = getattr(trainer.logger, "experiment", None)
+        if hasattr(experiment, "add_mesh") and self.path.exists():
+            log_mesh(experiment, "mesh", self.path, int(trainer.global_step))
+
+
+def log_mesh(writer: Any, tag: str, path: str | Path, step: int, max_faces: int = TENSORBOARD_MAX_FACES) -> None:
+    """Add the mesh file at ``path`` (with its vertex colours, if any) to a TensorBoard
+    ``SummaryWriter``, decimated to ``max_faces`` faces (colours from the nearest kept vertex)."""
+    mesh = trimesh.load(path, process=False, force="mesh")
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces, dtype=np.int64)
+    if len(faces) == 0:
+        return
+    colors = mesh.visual.vertex_colors[:, :3] if mesh.visual.kind == "vertex" else np.full((len(vertices), 3), 200, np.uint8)
+    if len(faces) > max_faces:
+        kept, faces = decimate(vertices, faces, max_faces)
+        colors = colors[cKDTree(vertices).query(kept)[1]]
+        vertices = kept
+    writer.add_mesh(tag, torch.from_numpy(vertices).float()[None], torch.from_numpy(np.ascontiguousarray(colors))[None],
+                    torch.from_numpy(faces).int()[None], global_step=step)
 
 
 class Evaluation(pl.Callback):
     """Aggregates held-out PSNR / IoU, computes the Chamfer distance of the exported mesh against the
-    scene's ground truth (prediction culled to the dilated masks), and writes ``metrics.json``."""
+    scene's ground truth (prediction culled to the dilated masks), and writes ``metrics.json``; on rank 0 only."""
 
     def __init__(self, run_dir: str | Path, mesh_path: str | Path, chamfer_points: int = 200_000,
                  max_dist: float = 20.0, mask_dilation: int = 12, extra: dict[str, Any] | None = None) -> None:
@@ -115,6 +143,8 @@ class Evaluation(pl.Callback):
         return chamfer_distance(pred_v, pred_f, gt_v, gt_f, n_points=self.chamfer_points, max_dist=self.max_dist, pred_keep=keep)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:  # DDP: rank 0 holds every view's metrics (BaseSystem.on_test_epoch_end)
+            return
         views = pl_module.test_metrics
         metrics: dict[str, Any] = {"step": int(trainer.global_step), **self.extra}
         for key in ("psnr", "iou"):

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from datasets.errors import InputError
 
@@ -42,13 +42,15 @@ def as_section(cls: type[T], value: T | dict | None) -> T:
 
 @dataclass
 class Optim:
-    """Adam with a linear warm-up, then an exponential decay to ``final_lr_ratio`` at ``decay_steps``."""
+    """Learning rates per parameter group, and their schedule (:func:`systems.schedules.warmup_decay`):
+    a linear warm-up, then an exponential decay to ``final_lr_ratio`` at ``decay_steps``."""
 
     lr: float = 0.01
     lr_encoder: float | None = None   # None: lr
     lr_geometry: float | None = None  # None: lr
     lr_texture: float | None = None   # None: lr
     lr_variance: float | None = None  # NeuS's inverse variance; None: lr
+    lr_background: float | None = None  # the background field (system.background=nerf); None: lr
     lr_camera: float = 1.5e-3         # camera=trainable: preconditioned pose residuals (about radians)
     camera_warmup_steps: int = 50     # cameras wait this many steps, then ramp up as long
     camera_decay_steps: int | None = 3000  # the camera rate reaches final_lr_ratio by this step at the latest, then
@@ -56,7 +58,6 @@ class Optim:
     warmup_steps: int = 100
     final_lr_ratio: float = 0.1
     decay_steps: int | None = None    # None: trainer.max_steps
-    eps: float = 1e-15
 
     def group_lr(self, group: str) -> float:
         """The learning rate of parameter group ``group`` (``lr_<group>``, or ``lr`` when that is None)."""
@@ -71,7 +72,30 @@ class IDROptim(Optim):
     lr: float = 5e-4
     camera_decay_steps: int | None = None  # IDR's long runs were not seen to drift (docs/BENCHMARKS.md)
     warmup_steps: int = 0
+
+
+@dataclass
+class Optimizer:
+    """``system.optimizer``: the optimiser class and its arguments, called with the parameter groups
+    (learning rates from ``system.optim``); e.g. ``system.optimizer._target_=torch.optim.AdamW``."""
+
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-15
+
+
+@dataclass
+class IDROptimizer(Optimizer):
     eps: float = 1e-8
+
+
+@dataclass
+class Scheduler:
+    """``system.scheduler``: a function ``(optimizer, optim section, max_steps) -> LR scheduler``, stepped every step."""
+
+    _target_: str = "systems.schedules.warmup_decay"
+    _partial_: bool = True
 
 
 @dataclass
@@ -132,15 +156,31 @@ class VisualHull:
 
 
 @dataclass
+class BackgroundFieldConfig:
+    """``system.background=nerf``: the sizes of :class:`models.background.BackgroundField`, the NeRF++
+    field outside the bounding sphere."""
+
+    n_samples: int = 32      # per ray, uniform in inverse radius
+    hidden_dim: int = 64
+    n_layers: int = 2
+    n_frequencies: int = 6   # of the inverted-sphere coordinates (x/r, y/r, z/r, 1/r)
+    sh_degree: int = 4       # of the view direction
+
+
+@dataclass
 class SystemConfig:
     """What both systems share; ``model`` is a ``_target_`` object (configs/system/*.yaml)."""
 
     _target_: str = MISSING
     name: str = MISSING
     model: Any = MISSING
-    background: str = "${dataset.background}"  # black | white | random | learned
+    # black | white | random | learned (a constant colour) | nerf (a background field outside the bounding
+    # sphere, NeuS only); NeuS switches a constant one to nerf when the scene trains without masks
+    background: str = "${dataset.background}"
+    background_field: BackgroundFieldConfig = field(default_factory=BackgroundFieldConfig)
     render_chunk: int = 4096
     eval_downscale: int = 1
+    scheduler: Scheduler = field(default_factory=Scheduler)
 
 
 @dataclass
@@ -152,6 +192,7 @@ class NeuSConfig(SystemConfig):
     loss: NeuSLoss = field(default_factory=NeuSLoss)
     visual_hull: VisualHull = field(default_factory=VisualHull)
     optim: Optim = field(default_factory=Optim)
+    optimizer: Optimizer = field(default_factory=Optimizer)
 
 
 @dataclass
@@ -161,19 +202,57 @@ class IDRConfig(SystemConfig):
     n_rays: int = 1024
     loss: IDRLoss = field(default_factory=IDRLoss)
     optim: IDROptim = field(default_factory=IDROptim)
+    optimizer: IDROptimizer = field(default_factory=IDROptimizer)
 
 
 @dataclass
 class Trainer:
-    """Lightning's loop limits and intervals (steps)."""
+    """``trainer``: arguments of Lightning's ``Trainer`` (more with ``+trainer.KEY=VALUE``, checked against its
+    signature); launch.py adds the callbacks, the logger and the run directory's fixed settings.
+    ``checkpoint_every_n_steps`` is ours, the default of ``callbacks.checkpoint.every_n_train_steps``."""
 
+    _target_: str = "pytorch_lightning.Trainer"
     max_steps: int = 1500
     max_time: str | None = "00:00:09:00"  # DD:HH:MM:SS; training stops here at the latest (evaluation comes after)
     val_check_interval: int = 500
     log_every_n_steps: int = 25
     checkpoint_every_n_steps: int = 250
     accelerator: str = "auto"
-    precision: str = "32-true"
+    devices: Any = 1               # how many (or which, [0, 2]) devices; more than one with strategy=ddp
+    num_nodes: int = 1
+    strategy: str = "auto"         # ddp: one process per device, each on its own rays, gradients averaged
+    precision: str = "32-true"     # 16-mixed or bf16-mixed: mixed precision
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str | None = None  # norm (Lightning's default) | value
+
+
+@dataclass
+class CheckpointCallback:
+    """``callbacks.checkpoint``: periodic and last checkpoints, ``checkpoints/stepNNNNNN.ckpt`` and
+    ``last.ckpt`` (launch.py sets the folder)."""
+
+    _target_: str = "pytorch_lightning.callbacks.ModelCheckpoint"
+    filename: str = "step{step:06d}"
+    auto_insert_metric_name: bool = False
+    every_n_train_steps: int = II("trainer.checkpoint_every_n_steps")
+    save_top_k: int = -1
+    save_last: bool = True
+    enable_version_counter: bool = False  # a resumed run that saves a step again replaces its file (no step...-v1.ckpt)
+
+
+@dataclass
+class LearningRateMonitorCallback:
+    """``callbacks.lr_monitor``: every parameter group's learning rate in TensorBoard."""
+
+    _target_: str = "pytorch_lightning.callbacks.LearningRateMonitor"
+    logging_interval: str = "step"
+
+
+@dataclass
+class Logger:
+    """``logger``: launch.py writes it to the run directory's ``tensorboard/`` (it sets save_dir, name and version)."""
+
+    _target_: str = "pytorch_lightning.loggers.TensorBoardLogger"
 
 
 @dataclass
@@ -182,6 +261,19 @@ class Export:
     largest_component: bool = True
     vertex_colors: bool = True
     filename: str = "final.ply"    # .ply, .obj or .glb
+    target_faces: int | None = None  # decimate the mesh to at most this many faces (quadric edge collapse)
+    texture: bool = False          # also write <stem>_textured.obj/.mtl/.png/.glb: a UV atlas with baked colours
+    texture_size: int = 1024       # texture side in texels
+
+
+@dataclass
+class Video:
+    """mode=video: MP4s of RGB and normals along a camera path."""
+
+    frames: int = 60
+    fps: int = 30
+    size: int = 256                # longer side of the frames in pixels (at most the images')
+    path: str = "turntable"        # turntable | cameras (through the training cameras) | both
 
 
 @dataclass
@@ -203,13 +295,21 @@ class Config:
     scan: int = 24                 # DTU scan id, used by dataset=dtu
     data_dir: str = "data"         # where datasets live (the synthetic scene is generated and cached here)
     seed: int = 42
-    mode: str = "train"            # train | test | eval | export | inspect_init | transfer (see --help)
-    resume: str | None = None      # a run directory or a checkpoint to continue / evaluate
+    mode: str = "train"            # train | test | eval | export | inspect_init | transfer | video (see --help)
+    resume: str | None = None      # a run directory or a checkpoint to continue / evaluate; auto: this run's own
+                                   # folder if it has a checkpoint, else a fresh start (requeued cluster jobs, re-run sweeps)
     geometry_run: str | None = None    # mode=transfer: the run whose geometry is rendered ...
     appearance_run: str | None = None  # ... with the colour network of this run
+    objective: str | None = None   # a key of metrics.json that the job returns (NaN if it failed), e.g. chamfer, for
+                                   # sweepers that optimise it: hydra/sweeper=optuna (optional plugin, see README)
     trainer: Trainer = field(default_factory=Trainer)
+    # named Lightning callbacks (null drops one; +callbacks.NAME={_target_: ...} adds one) and the logger
+    callbacks: dict[str, Any] = field(default_factory=lambda: {"checkpoint": CheckpointCallback(),
+                                                               "lr_monitor": LearningRateMonitorCallback()})
+    logger: Logger = field(default_factory=Logger)
     export: Export = field(default_factory=Export)
     eval: Eval = field(default_factory=Eval)
+    video: Video = field(default_factory=Video)
 
 
 def register_configs() -> None:
@@ -269,7 +369,10 @@ def check_targets(node: Any, key: str = "", ignore: Mapping[str, Iterable[str]] 
             raise InputError(f"{key}._target_", f"cannot import {node['_target_']!r} ({err.__cause__ or err})") from err
         function = target.__init__ if isinstance(target, type) else target
         parameters = inspect.signature(target).parameters
-        hints = typing.get_type_hints(function)
+        try:
+            hints = typing.get_type_hints(function)
+        except NameError:  # an annotation naming a type imported for type checking only: no type checks
+            hints = {}
         takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
         for name, value in node.items():
             full = f"{key}.{name}" if key else name
@@ -293,9 +396,11 @@ def _type_name(annotation: Any) -> str:
 
 def check_sections(node: DictConfig, key: str = "") -> None:
     """Refuse keys added (``+key=value``) to a typed section of a composed config: Hydra lets them
-    into a structured node, where nothing would read them."""
+    into a structured node, where nothing would read them. A typed ``_target_`` object (``trainer``,
+    ``system.optimizer``) takes them: :func:`check_targets` checks them against its signature."""
     schema = OmegaConf.get_type(node)
-    fields = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    typed = dataclasses.is_dataclass(schema) and "_target_" not in node
+    fields = {f.name for f in dataclasses.fields(schema)} if typed else None
     for name in node.keys():
         full = f"{key}.{name}" if key else str(name)
         if fields is not None and name not in fields:

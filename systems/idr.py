@@ -7,10 +7,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from datasets.errors import InputError
 from models.idr import IDRModel, mask_loss
 from models.rays import RayBundle
 from systems.base import BaseSystem, curvature_loss, log_scalars
-from systems.config import IDRLoss, IDROptim, as_section
+from systems.config import IDRLoss, IDROptim, IDROptimizer, as_section
 
 
 class IDRSystem(BaseSystem):
@@ -22,18 +23,30 @@ class IDRSystem(BaseSystem):
     sharpness a starts at ``alpha_init`` and is multiplied by ``alpha_factor`` at each step of
     ``alpha_milestones``; only with scene masks) and ``eikonal`` (on the traced points and
     ``eikonal_points`` uniform points in the bounding cube) and ``curvature`` (Neuralangelo's, see
-    :func:`systems.base.curvature_loss`, on the surface points of the rays that hit). Without masks
-    every ray is in the mask.
+    :func:`systems.base.curvature_loss`, on the surface points of the rays that hit). IDR needs
+    masks (a scene that trains without them is refused) and a constant background.
     """
 
     model: IDRModel
 
     optim_schema = IDROptim
+    optimizer_schema = IDROptimizer
 
     def __init__(self, model: IDRModel, *args: Any, n_rays: int = 1024, loss: IDRLoss | dict | None = None, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
         self.n_rays = int(n_rays)
         self.loss_cfg = as_section(IDRLoss, loss)
+
+    def resolve_background(self, background: str) -> str:
+        """Refuse a scene that trains without masks and the background field; else as the base system."""
+        if self.scene.train_masks is None:
+            where, why = ("dataset.use_masks", "false") if self.scene.masks is not None else (self.scene.root, "the scene has no masks")
+            raise InputError(where, f"{why}, but IDR needs masks (its mask loss keeps the surface on the object); "
+                                    "use system=neus, which adds a background field")
+        if background == "nerf":
+            raise InputError("system.background", "nerf (a background field) is for NeuS; IDR renders surfaces over "
+                                                  "a constant background: black, white, random or learned")
+        return super().resolve_background(background)
 
     def alpha(self, step: int) -> float:
         """Sharpness of the mask loss's sigmoid at ``step``."""

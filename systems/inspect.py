@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 from datasets.errors import InputError
 from models.ray_tracing import SphereTracer
-from models.rays import RayBundle, image_rays
+from models.rays import image_rays
 from systems.base import BaseSystem
+from systems.video import orbit_path, render_frames, scaled_view, write_video
 
 
 SdfFn = Callable[[torch.Tensor], torch.Tensor]
@@ -74,16 +75,6 @@ def lambert_render(sdf_fn: SdfFn, intrinsics: torch.Tensor, c2w: torch.Tensor, h
     return (image.reshape(height, width, 3).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def _scaled_view(system: BaseSystem, view: int, max_side: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """Intrinsics (3, 3) and c2w (4, 4) of ``view``, downscaled by an integer so that max(H, W) <= max_side; H, W."""
-    h, w = system.scene.hw
-    s = max(1, math.ceil(max(h, w) / max_side))
-    intrinsics, c2w = system.cameras(torch.tensor([view], device=system.device))
-    k = intrinsics[0].clone()
-    k[:2] /= s
-    return k, c2w[0], h // s, w // s
-
-
 def inspect_init(system: BaseSystem, out_dir: Path, resolution: int = 256) -> list[Path]:
     """Write ``sdf_slice.png`` (x=0 | y=0 | z=0 slices of the bounding cube, ``resolution`` pixels each)
     and ``init_render.png`` (the first training view, at most ``resolution`` pixels wide or high) of
@@ -94,46 +85,10 @@ def inspect_init(system: BaseSystem, out_dir: Path, resolution: int = 256) -> li
     gap = np.full((resolution, 4, 3), 255, np.uint8)
     slice_path = out_dir / "sdf_slice.png"
     iio.imwrite(slice_path, np.concatenate([slices[0], gap, slices[1], gap, slices[2]], axis=1))
-    k, c2w, h, w = _scaled_view(system, int(system.scene.train_ids[0]), resolution)
+    k, c2w, h, w = scaled_view(system, int(system.scene.train_ids[0]), resolution)
     render_path = out_dir / "init_render.png"
     iio.imwrite(render_path, lambert_render(system.sdf, k, c2w, h, w, system.render_chunk))
     return [slice_path, render_path]
-
-
-def look_at(centre: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """(4, 4) OpenCV camera-to-world at ``centre`` (3,) looking at the origin, ``up`` (3,) pointing up in the image."""
-    forward = -F.normalize(centre, dim=0)
-    right = F.normalize(torch.linalg.cross(forward, up), dim=0)
-    c2w = torch.eye(4, device=centre.device, dtype=centre.dtype)
-    c2w[:3, :3] = torch.stack([right, torch.linalg.cross(forward, right), forward], 1)
-    c2w[:3, 3] = centre
-    return c2w
-
-
-def orbit_path(c2w: torch.Tensor, n_frames: int) -> torch.Tensor:
-    """A smooth camera path (n_frames, 4, 4) around the origin from the cameras (N, 4, 4).
-
-    The path keeps the cameras' mean distance and elevation about their mean up direction. Its
-    azimuth goes once round when the cameras surround the object (no azimuth gap over 180 degrees
-    between them); otherwise it sweeps the covered arc there and back with eased ends.
-    """
-    centres = c2w[:, :3, 3]
-    up = -F.normalize(c2w[:, :3, 1].mean(0), dim=0)  # OpenCV's y axis points down
-    e1 = F.normalize(centres[0] - (centres[0] @ up) * up, dim=0)
-    e2 = torch.linalg.cross(up, e1)
-    radius = centres.norm(dim=-1).mean()
-    elevation = torch.asin((F.normalize(centres, dim=-1) @ up).clamp(-1, 1)).mean()
-    azimuth = torch.sort(torch.atan2(centres @ e2, centres @ e1) % (2 * math.pi)).values
-    gaps = torch.diff(azimuth, append=azimuth[:1] + 2 * math.pi)
-    k = int(gaps.argmax())
-    i = torch.arange(n_frames, device=c2w.device, dtype=c2w.dtype)
-    if gaps[k] <= math.pi:
-        angles = 2 * math.pi * i / n_frames
-    else:
-        start, span = azimuth[(k + 1) % len(azimuth)], 2 * math.pi - gaps[k]
-        angles = start + span * (1 - torch.cos(2 * math.pi * i / n_frames)) / 2
-    dirs = torch.cos(elevation) * (torch.cos(angles)[:, None] * e1 + torch.sin(angles)[:, None] * e2) + torch.sin(elevation) * up
-    return torch.stack([look_at(radius * d, up) for d in dirs])
 
 
 @torch.no_grad()
@@ -150,21 +105,11 @@ def transfer(geometry_system: BaseSystem, appearance_system: BaseSystem, out_dir
         raise InputError("appearance_run", f"its geometry feature size {appearance_system.model.geometry.feature_dim} differs from "
                                            f"the geometry run's {geometry.feature_dim}; transfer needs runs with the same system.model.geometry.feature_dim")
     geometry_system.model.texture = texture
-    k, _, h, w = _scaled_view(geometry_system, 0, resolution)
+    k, _, h, w = scaled_view(geometry_system, 0, resolution)
     views = torch.arange(geometry_system.scene.n_views, device=geometry_system.device)
-    path = orbit_path(geometry_system.cameras(views)[1], n_frames)
+    frames = render_frames(geometry_system, k, orbit_path(geometry_system.cameras(views)[1], n_frames), h, w)["rgb"]
     out_dir = Path(out_dir)
     (out_dir / "frames").mkdir(parents=True, exist_ok=True)
-    bg = geometry_system.background(1)
-    chunk = geometry_system.render_chunk
-    frames = []
-    for i, c2w in enumerate(path):
-        rays = image_rays(k, c2w, h, w)
-        rgb = torch.cat([geometry_system.render_rays(RayBundle(o, d), bg)["rgb"]
-                         for o, d in zip(rays.origins.split(chunk), rays.directions.split(chunk))])
-        frame = (rgb.reshape(h, w, 3).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    for i, frame in enumerate(frames):
         iio.imwrite(out_dir / "frames" / f"frame_{i:03d}.png", frame)
-        frames.append(frame)
-    video = out_dir / "transfer.mp4"
-    iio.imwrite(video, np.stack(frames), fps=fps)  # through imageio-ffmpeg
-    return video
+    return write_video(out_dir / "transfer.mp4", frames, fps)

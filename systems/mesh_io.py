@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
+from PIL import Image
 
 from datasets.errors import InputError
 
@@ -38,6 +39,35 @@ def save_mesh(path: str | Path, vertices: np.ndarray, faces: np.ndarray, colors:
     )
     data = mesh.export(file_type=path.suffix.lstrip(".").lower())
     atomic_write(path, data.encode() if isinstance(data, str) else data)
+
+
+def save_textured_mesh(path: str | Path, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, image: np.ndarray) -> list[Path]:
+    """Write a UV-textured mesh atomically: ``path`` (.obj) with its material (.mtl) and texture
+    (.png) beside it under the same stem, and the same mesh as a binary glTF (.glb) with the texture
+    embedded. The texture and material are written before the OBJ that names them.
+
+    Args:
+        vertices: (V, 3); faces: (F, 3) int; uv: (V, 2) in [0, 1], v up (OBJ convention);
+            image: (S, S, 3) uint8 or float in [0, 1], row 0 at the top.
+
+    Returns:
+        the paths written: png, mtl, obj, glb.
+    """
+    path = Path(path).with_suffix(".obj")
+    material = trimesh.visual.material.SimpleMaterial(image=Image.fromarray(_uint8_colors(image)), name=path.stem,
+                                                      diffuse=(255, 255, 255, 255), ambient=(255, 255, 255, 255),
+                                                      specular=(0, 0, 0, 255))
+    mesh = trimesh.Trimesh(vertices=np.asarray(vertices), faces=np.asarray(faces), process=False,
+                           visual=trimesh.visual.TextureVisuals(uv=np.asarray(uv), material=material))
+    text, files = trimesh.exchange.obj.export_obj(mesh, include_normals=False, include_texture=True,
+                                                  mtl_name=f"{path.stem}.mtl", return_texture=True)
+    written = []
+    for name in sorted(files, key=lambda n: n.endswith(".mtl")):  # the png, then the mtl
+        atomic_write(path.with_name(name), files[name])
+        written.append(path.with_name(name))
+    atomic_write(path, text.encode())
+    atomic_write(path.with_suffix(".glb"), mesh.export(file_type="glb"))
+    return [*written, path, path.with_suffix(".glb")]
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:

@@ -18,7 +18,9 @@ class NeuSSystem(BaseSystem):
 
     Losses (each weight a constant or a schedule, see ``systems.schedules``): ``rgb_l1``, ``rgb_mse``, ``eikonal`` (on ray
     samples and ``eikonal_points`` uniform points in the bounding cube), ``mask`` (BCE of the
-    opacity, used when the scene has masks), ``curvature`` (:func:`systems.base.curvature_loss` on the ray samples).
+    opacity, used when the scene trains with masks), ``curvature`` (:func:`systems.base.curvature_loss` on the ray samples).
+    Without masks there is no mask loss and no visual hull, and the background is a field outside
+    the bounding sphere (``background=nerf``, :class:`models.background.BackgroundField`).
 
     The number of rays per step adapts so that the samples per step stay near
     ``rays.target_samples`` (instant-nsr-pl's dynamic batch size).
@@ -44,12 +46,13 @@ class NeuSSystem(BaseSystem):
         # Trainable cameras start off their true poses: their hull is carved from the starting poses with
         # the masks dilated by a further ``trainable_margin_deg`` of view angle (None: no hull).
         margin = self.hull_cfg.trainable_margin_deg if self.trainable_cameras else 0.0
-        if self.hull_cfg.enabled and margin is not None and self.scene.masks is not None and self.global_step == 0:
+        masks = self.scene.train_masks
+        if self.hull_cfg.enabled and margin is not None and masks is not None and self.global_step == 0:
             ids = self.train_ids
             with torch.no_grad():
                 intrinsics, c2w = self.cameras(ids)
             dilation = self.hull_cfg.dilation + math.ceil(float(intrinsics[:, 0, 0].max()) * math.tan(math.radians(margin)))
-            self.model.grid.carve_visual_hull(intrinsics, c2w, self.scene.masks[ids], dilation, self.hull_cfg.tolerance)
+            self.model.grid.carve_visual_hull(intrinsics, c2w, masks[ids], dilation, self.hull_cfg.tolerance)
 
     def cos_anneal_ratio(self) -> float:
         """NeuS's cosine annealing: 0 -> 1 over ``cos_anneal_steps`` training steps; 1 when not training
@@ -81,8 +84,12 @@ class NeuSSystem(BaseSystem):
             losses["curvature"] = curvature_loss(out["sample_laplacian"])
         total = sum(w[k] * v for k, v in losses.items())
 
-        n_samples = int(out["n_samples"])
-        wanted = n * self.rays_cfg.target_samples / max(n_samples, 1)
+        samples = out["n_samples"].float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # DDP: one ray count for all processes
+            torch.distributed.all_reduce(samples)
+            samples /= torch.distributed.get_world_size()
+        n_samples = float(samples)
+        wanted = n * self.rays_cfg.target_samples / max(n_samples, 1.0)
         self.n_rays = min(max(0.9 * self.n_rays + 0.1 * wanted, self.rays_cfg.min), self.rays_cfg.max)
         with torch.no_grad():
             train_psnr = -10.0 * torch.log10(F.mse_loss(out["rgb"], target))

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 HYDRA_ENTRIES = frozenset({".hydra", "launch.log"})
 # What a run writes once it has started: its presence makes a folder a run with results.
 RESULT_ENTRIES = frozenset({"checkpoints", "meshes", "metrics.json", "renders", "cameras_refined.npz", "tensorboard", "transfer",
-                            "inspect"})
+                            "inspect", "video"})
 
 
 def folder_state(path: Path) -> str:
@@ -95,10 +95,22 @@ def find_checkpoint(path: str) -> tuple[Path, Path]:
     return run_dir, ckpt or newest_checkpoint(run_dir / "checkpoints")
 
 
+def own_checkpoint(run_dir: Path) -> str | None:
+    """``resume=auto``: ``run_dir`` itself when it is a run of ours with a checkpoint that loads (a
+    requeued or re-run job continues there), None when it has none yet (the job starts afresh)."""
+    if folder_state(run_dir) != "run" or not (run_dir / "checkpoints").is_dir():
+        return None
+    try:
+        newest_checkpoint(run_dir / "checkpoints")
+    except InputError:
+        return None
+    return str(run_dir)
+
+
 def remove_temporaries(run_dir: Path) -> list[Path]:
     """Delete the ``*.tmp`` files that killed writes of checkpoints, meshes and results left in
     ``run_dir``; returns them."""
-    stale = [p for pattern in ("*.tmp", "checkpoints/*.tmp", "meshes/*.tmp") for p in run_dir.glob(pattern) if p.is_file()]
+    stale = [p for pattern in ("*.tmp", "checkpoints/*.tmp", "meshes/*.tmp", "video/*.tmp") for p in run_dir.glob(pattern) if p.is_file()]
     for p in stale:
         p.unlink()
     return stale

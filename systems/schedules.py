@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from systems.config import Optim
 
 
 def scheduled(spec: float | Mapping | Sequence, step: int) -> float:
@@ -32,3 +38,24 @@ def decay_factor(step: int, warmup: int, horizon: int, ratio: float, hold: bool 
     span = max(horizon - warmup, 1)
     done = step - warmup if not hold else min(step - warmup, span)
     return ratio ** (done / span)
+
+
+def warmup_decay(optimizer: torch.optim.Optimizer, optim: Optim, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule of every parameter group (``system.scheduler``'s default), a factor of
+    its rate per step: :func:`decay_factor` with ``optim.warmup_steps`` and a horizon of ``optim.decay_steps``
+    (None: ``max_steps``). The group named ``camera`` waits ``camera_warmup_steps`` steps (the scene
+    settles first), ramps up as long, reaches ``final_lr_ratio`` by ``camera_decay_steps`` at the latest
+    and keeps decaying past it (long runs drift when it stays high late: docs/BENCHMARKS.md)."""
+    warmup, ratio, camera_warmup = optim.warmup_steps, optim.final_lr_ratio, optim.camera_warmup_steps
+    horizon = optim.decay_steps or max(max_steps, warmup + 1)
+    camera_horizon = min(horizon, optim.camera_decay_steps or horizon)
+
+    def factor(step: int) -> float:
+        return decay_factor(step, warmup, horizon, ratio)
+
+    def camera_factor(step: int) -> float:
+        ramp = min(max(step - camera_warmup, 0) / max(camera_warmup, 1), 1.0) if camera_warmup else 1.0
+        return ramp * decay_factor(step, warmup, camera_horizon, ratio, hold=False)
+
+    lambdas = [camera_factor if group.get("name") == "camera" else factor for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

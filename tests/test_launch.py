@@ -2,16 +2,23 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
+import trimesh
+from scipy.spatial import cKDTree
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datasets.errors import InputError
+from systems.run_dir import folder_state
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
@@ -88,6 +95,54 @@ def test_export_and_test_modes_rewrite_results(launch, finished_run, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["step"] == 6 and "chamfer" in metrics and "psnr" in metrics
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
+
+
+def test_the_mesh_is_logged_to_tensorboard(finished_run):
+    logged = {}
+    for events in (finished_run / "tensorboard").glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events), size_guidance={"tensors": 0})
+        accumulator.Reload()
+        logged.update({tag: accumulator.Tensors(tag)[-1] for tag in accumulator.Tags()["tensors"]})
+    mesh = trimesh.load(finished_run / "meshes" / "final.ply", process=False)
+    shapes = {tag: [d.size for d in logged[tag].tensor_proto.tensor_shape.dim] for tag in ("mesh_VERTEX", "mesh_FACE", "mesh_COLOR")}
+    assert shapes == {"mesh_VERTEX": [1, len(mesh.vertices), 3], "mesh_FACE": [1, len(mesh.faces), 3], "mesh_COLOR": [1, len(mesh.vertices), 3]}
+    assert logged["mesh_VERTEX"].step == 6
+
+
+@pytest.mark.slow
+def test_video_mode_writes_mp4s_of_the_frame_count_and_size_asked(launch, finished_run, tmp_path):
+    run_dir = tmp_path / "video"
+    shutil.copytree(finished_run, run_dir)
+    result = launch(f"resume={run_dir}", "mode=video", "video.frames=5", "video.size=32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (run_dir / "video").iterdir()) == ["turntable_normal.mp4", "turntable_rgb.mp4"]
+    for name in ("turntable_rgb.mp4", "turntable_normal.mp4"):
+        assert iio.imread(run_dir / "video" / name, index=None).shape == (5, 24, 32, 3)  # 64 x 48 views, longer side 32
+        assert str(run_dir / "video" / name) in result.stdout
+    assert folder_state(run_dir) == "run"  # still a run of ours: it resumes
+
+
+@pytest.mark.slow
+def test_textured_decimated_export(launch, finished_run, tmp_path):
+    run_dir = tmp_path / "textured"
+    shutil.copytree(finished_run, run_dir)
+    result = launch(f"resume={run_dir}", "mode=export", "export.texture=true", "export.target_faces=500", "export.texture_size=128")
+    assert result.returncode == 0, result.stderr[-3000:]
+    meshes = run_dir / "meshes"
+    assert sorted(p.name for p in meshes.iterdir()) == ["final.ply", "final_textured.glb", "final_textured.mtl",
+                                                        "final_textured.obj", "final_textured.png"]
+    plain = trimesh.load(meshes / "final.ply", process=False)
+    assert 400 <= len(plain.faces) <= 500
+    for name in ("final_textured.obj", "final_textured.glb"):
+        textured = trimesh.load(meshes / name, process=False, force="mesh")
+        image = textured.visual.material.image if name.endswith(".obj") else textured.visual.material.baseColorTexture
+        assert len(textured.faces) == len(plain.faces) and textured.visual.uv.shape == (len(textured.vertices), 2)
+        assert image.size == (128, 128)
+        # Same surface in the world frame; the texture at each vertex's uv is that vertex's colour in the ply.
+        distance, nearest = cKDTree(plain.vertices).query(textured.vertices)
+        assert distance.max() < 1e-4 * np.abs(plain.vertices).max()
+        colours = trimesh.visual.color.uv_to_color(textured.visual.uv, image)[:, :3].astype(int)
+        assert np.abs(colours - plain.visual.vertex_colors[nearest, :3].astype(int)).max() <= 2
 
 
 def test_sigterm_in_training_exits_non_zero_and_says_how_to_resume(start_launch, tiny, data_dir, tmp_path):
@@ -253,11 +308,42 @@ def test_help_describes_the_tool(launch):
 
 
 @pytest.mark.slow
-def test_a_sweep_goes_on_past_a_bad_job(launch, tiny, data_dir, tmp_path):
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_a_sweep_goes_on_past_a_bad_job(launch, tiny, data_dir, tmp_path, launcher):
+    """In the launcher's own process or in submitit's workers, a failed job is reported and counted at the end."""
     sweep = tmp_path / "sweep"
-    result = launch("-m", "dataset.shape=cube,sphere_torus", *tiny, "trainer.max_steps=3", f"data_dir={data_dir}",
-                    f"hydra.sweep.dir={sweep}")
+    result = launch("-m", f"hydra/launcher={launcher}", "dataset.shape=cube,sphere_torus", *tiny, "trainer.max_steps=3",
+                    f"data_dir={data_dir}", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert "dataset.shape: unknown shape 'cube'" in errors[0] and "1 job(s) of the sweep failed" in errors[-1]
+    assert "1 job(s) of the sweep failed" in errors[-1]
+    assert "dataset.shape: unknown shape 'cube'" in (sweep / "failed_jobs.txt").read_text()
     assert json.loads((sweep / "1" / "metrics.json").read_text())["step"] == 3
+    summary = (sweep / "summary.md").read_text()
+    assert "\n| 1 | " in summary and "job 0: error: dataset.shape: unknown shape 'cube'" in summary
+
+
+@pytest.mark.slow
+def test_resume_auto_continues_each_job_of_a_re_run_sweep(launch, tiny, data_dir, tmp_path):
+    """What a requeued cluster job does: the same command again. With resume=auto each job continues from
+    its own folder's newest checkpoint (step 3), and a job folder without one starts afresh."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=1,2", *tiny, "trainer.max_steps=3", "resume=auto", f"data_dir={data_dir}", f"hydra.sweep.dir={sweep}"]
+    assert launch(*args).returncode == 0
+    shutil.rmtree(sweep / "1")  # as if job 1 had been preempted before its first checkpoint
+    result = launch(*args, "trainer.max_steps=6")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["step"] == 6
+    assert "resuming from" in (sweep / "0" / "launch.log").read_text()
+    assert "resuming from" not in (sweep / "1" / "launch.log").read_text()
+
+
+def test_a_job_returns_its_objective_for_sweepers():
+    """objective=KEY: the value a sweeper (Optuna) minimises or maximises; NaN marks a failed trial."""
+    from launch import compose_config, objective_value
+
+    assert objective_value(compose_config(["objective=chamfer"]), {"chamfer": 1.25, "psnr": 30}) == 1.25
+    assert math.isnan(objective_value(compose_config(["objective=chamfer"]), None))
+    assert math.isnan(objective_value(compose_config(["objective=nope"]), {"chamfer": 1.25}))
+    assert objective_value(compose_config([]), {"chamfer": 1.25}) is None

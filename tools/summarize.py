@@ -3,7 +3,8 @@
     python -m tools.summarize multirun/2026-12-03_10-00-00 [--metrics chamfer,psnr,iou]
 
 Reads each job folder's ``.hydra/overrides.yaml`` and ``metrics.json``; overrides shared by every
-job are printed once above the table, those that vary get a column each. Writes ``summary.md`` and
+job are printed once above the table, those that vary get a column each; the lines of
+``failed_jobs.txt`` (jobs that stopped on an error) follow the table. Writes ``summary.md`` and
 ``summary.csv`` into the sweep folder (atomically) and prints the markdown. A sweep run through
 ``launch.py -m`` writes them itself when it ends (:class:`SweepSummary`).
 """
@@ -92,6 +93,9 @@ def summarize(sweep_dir: str | Path, metrics: list[str] | None = None) -> str:
     sweep_dir = Path(sweep_dir)
     header, rows, shared = summary_table(read_jobs(sweep_dir), metrics)
     markdown = to_markdown(header, rows, shared)
+    failed = sweep_dir / "failed_jobs.txt"  # launch.py's one line per failed job
+    if failed.is_file():
+        markdown += "\nFailed jobs:\n\n" + "".join(f"- {line}\n" for line in failed.read_text().splitlines())
     atomic_write(sweep_dir / "summary.md", markdown.encode())
     atomic_write(sweep_dir / "summary.csv", to_csv(header, rows).encode())
     return markdown

@@ -8,18 +8,19 @@ from torch import nn
 
 
 class FrequencyEncoder(nn.Module):
-    """[x, sin(2^k pi x), cos(2^k pi x)] for k < n_frequencies; (N, 3) -> (N, 3 + 6 n_frequencies).
+    """[x, sin(2^k pi x), cos(2^k pi x)] for k < n_frequencies; (N, D) -> (N, D + 2 D n_frequencies),
+    D = ``in_dim`` (3: points).
 
     The coarse-to-fine window of BARF (Lin et al., ICCV 2021) weighs octave k by
     (1 - cos(pi * clamp(alpha - k, 0, 1))) / 2, alpha growing linearly from 0 to n_frequencies
     between ``window_start`` and ``window_end`` steps; ``window_end = 0`` disables it.
     """
 
-    def __init__(self, n_frequencies: int = 6, window_start: int = 0, window_end: int = 0) -> None:
+    def __init__(self, n_frequencies: int = 6, window_start: int = 0, window_end: int = 0, in_dim: int = 3) -> None:
         super().__init__()
-        self.n_frequencies = n_frequencies
+        self.n_frequencies, self.in_dim = n_frequencies, in_dim
         self.window_start, self.window_end = window_start, window_end
-        self.out_dim = 3 + 6 * n_frequencies
+        self.out_dim = in_dim * (1 + 2 * n_frequencies)
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_frequencies, dtype=torch.float32))
         self.register_buffer("window", torch.ones(n_frequencies))
 
@@ -33,24 +34,25 @@ class FrequencyEncoder(nn.Module):
         self.window.copy_((1 - torch.cos(math.pi * (alpha - k).clamp(0, 1))) / 2)
 
     def _phases(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, None] * self.freqs  # (N, 3, K)
+        return x[:, :, None] * self.freqs  # (N, D, K)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ph = self._phases(x)
         w = self.window
-        feats = torch.cat([torch.sin(ph) * w, torch.cos(ph) * w], dim=-1)  # (N, 3, 2K)
-        return torch.cat([x, feats.reshape(x.shape[0], 6 * self.n_frequencies)], dim=-1)
+        feats = torch.cat([torch.sin(ph) * w, torch.cos(ph) * w], dim=-1)  # (N, D, 2K)
+        return torch.cat([x, feats.reshape(x.shape[0], -1)], dim=-1)
 
     def forward_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoding (N, D) and its exact Jacobian w.r.t. x, (N, D, 3)."""
+        """Encoding (N, E) and its exact Jacobian w.r.t. x, (N, E, D)."""
         n = x.shape[0]
         ph = self._phases(x)
         s, c = torch.sin(ph), torch.cos(ph)
         w = self.window
-        enc = torch.cat([x, torch.cat([s * w, c * w], dim=-1).reshape(n, 6 * self.n_frequencies)], dim=-1)
+        enc = torch.cat([x, torch.cat([s * w, c * w], dim=-1).reshape(n, -1)], dim=-1)
         # Each encoded column depends on one input axis: d/dx_a of column (a, j) is a diagonal entry.
-        dcol = torch.cat([c * w * self.freqs, -s * w * self.freqs], dim=-1)  # (N, 3, 2K)
-        eye = torch.eye(3, device=x.device, dtype=x.dtype)
-        jac_feats = dcol[:, :, :, None] * eye[None, :, None, :]  # (N, 3, 2K, 3)
-        jac = torch.cat([eye.expand(n, 3, 3), jac_feats.reshape(n, 6 * self.n_frequencies, 3)], dim=1)
+        dcol = torch.cat([c * w * self.freqs, -s * w * self.freqs], dim=-1)  # (N, D, 2K)
+        d = self.in_dim
+        eye = torch.eye(d, device=x.device, dtype=x.dtype)
+        jac_feats = dcol[:, :, :, None] * eye[None, :, None, :]  # (N, D, 2K, D)
+        jac = torch.cat([eye.expand(n, d, d), jac_feats.reshape(n, 2 * d * self.n_frequencies, d)], dim=1)
         return enc, jac

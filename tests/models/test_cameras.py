@@ -8,6 +8,7 @@ from models.cameras import (
     Similarity,
     TrainableCameras,
     align_poses,
+    axes_meeting_point,
     look_at_points,
     matrix_to_quaternion,
     perturb_poses,
@@ -19,7 +20,7 @@ from models.cameras import (
     umeyama,
 )
 from models.rays import pixel_rays
-from systems.inspect import look_at as look_at_origin
+from systems.video import look_at as look_at_origin
 
 
 def random_rotations(n: int, seed: int = 0) -> torch.Tensor:
@@ -211,3 +212,15 @@ def test_preconditioned_cameras_start_exact_and_move_the_projections_equally_in_
     preconditioned = TrainableCameras(k, ref, noise=noise, precondition=True, precondition_points=points)
     plain_cams.load_state_dict(preconditioned.state_dict())
     assert torch.equal(plain_cams.preconditioner, preconditioned.preconditioner)
+
+
+def test_axes_meeting_point_is_where_cameras_aimed_at_one_point_look() -> None:
+    target = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    directions = torch.nn.functional.normalize(torch.randn(9, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64), dim=-1)
+    c2w = torch.stack([look_at_origin(4.0 * d, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)) for d in directions])
+    c2w[:, :3, 3] += target
+    assert torch.allclose(axes_meeting_point(c2w), target, atol=1e-9)
+    assert torch.allclose(look_at_points(c2w), target.expand(9, 3), atol=1e-9)
+    parallel = torch.eye(4, dtype=torch.float64).repeat(4, 1, 1)
+    parallel[:, 0, 3] = torch.arange(4.0)
+    assert axes_meeting_point(parallel) is None and look_at_points(parallel) is None

@@ -15,7 +15,8 @@ from datasets.scene import Scene
 from models.cameras import FixedCameras
 from models.rays import image_rays, intersect_sphere
 from launch import compose_config
-from systems.inspect import inspect_init, look_at, orbit_path, transfer
+from systems.inspect import inspect_init, transfer
+from systems.video import look_at, orbit_path
 H, W = 24, 32
 
 
@@ -55,9 +56,8 @@ def test_alpha_schedule():
     assert [system.alpha(s) for s in (0, 249, 250, 500, 10_000)] == [50.0, 50.0, 100.0, 200.0, 1600.0]
 
 
-@pytest.mark.parametrize("masks", [True, False])
-def test_training_step(masks):
-    system = make_system(masks=masks, overrides=("system.n_rays=256", "system.loss.eikonal_points=64"))
+def test_training_step():
+    system = make_system(overrides=("system.n_rays=256", "system.loss.eikonal_points=64"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log without a trainer
         loss = system.training_step(None, 0)
@@ -68,6 +68,19 @@ def test_training_step(masks):
     assert geometry_grad > 0 and texture_grad > 0
     names = [g["name"] for g in system.param_groups()]
     assert names == ["encoder", "geometry", "texture", "camera", "other"]
+
+
+def test_idr_refuses_training_without_masks_and_the_background_field():
+    with pytest.raises(InputError, match="^: the scene has no masks, but IDR needs masks .*use system=neus"):
+        make_system(masks=False)
+    cfg = compose_config(["system=idr", "encoder=frequency"])
+    scene = toy_scene()
+    scene.use_masks = False
+    build = instantiate(cfg.system, run_dir=None, _convert_="object", _partial_=True)
+    with pytest.raises(InputError, match="^dataset.use_masks: false, but IDR needs masks"):
+        build(scene=scene, cameras=FixedCameras(scene.intrinsics, scene.c2w))
+    with pytest.raises(InputError, match="^system.background: nerf .* is for NeuS"):
+        make_system(overrides=("system.background=nerf",))
 
 
 @pytest.mark.parametrize("system_name", ["idr", "neus"])

@@ -10,7 +10,7 @@ import trimesh
 
 from datasets.errors import InputError
 from systems import mesh_io
-from systems.mesh_io import load_reference, save_mesh
+from systems.mesh_io import load_reference, save_mesh, save_textured_mesh
 
 
 @pytest.fixture
@@ -39,6 +39,23 @@ def test_save_uint8_colours_and_other_formats(tmp_path: Path, sphere: trimesh.Tr
         vertices, faces = load_reference(tmp_path / name)
         assert vertices.shape == sphere.vertices.shape and faces.shape == sphere.faces.shape
     assert sorted(os.listdir(tmp_path)) == ["a.glb", "a.obj", "a.ply"]
+
+
+def test_textured_mesh_round_trip(tmp_path: Path, sphere: trimesh.Trimesh) -> None:
+    rng = np.random.default_rng(2)
+    uv = rng.uniform(size=(len(sphere.vertices), 2))
+    image = rng.uniform(size=(16, 16, 3))
+    written = save_textured_mesh(tmp_path / "m.obj", sphere.vertices, sphere.faces, uv, image)
+    assert [p.name for p in written] == ["m.png", "m.mtl", "m.obj", "m.glb"]
+    assert sorted(os.listdir(tmp_path)) == ["m.glb", "m.mtl", "m.obj", "m.png"]  # no temporary file left
+    assert "map_Kd m.png" in (tmp_path / "m.mtl").read_text()
+    expected = np.round(image * 255).astype(np.uint8)
+    for name, texture in (("m.obj", lambda m: m.visual.material.image), ("m.glb", lambda m: m.visual.material.baseColorTexture)):
+        mesh = trimesh.load(tmp_path / name, process=False, force="mesh")
+        np.testing.assert_allclose(mesh.vertices, sphere.vertices, atol=1e-6)
+        np.testing.assert_array_equal(mesh.faces, sphere.faces)
+        np.testing.assert_allclose(mesh.visual.uv, uv, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(texture(mesh).convert("RGB")), expected)
 
 
 @pytest.mark.parametrize("failure", ["export", "write", "replace"])

@@ -1,4 +1,5 @@
-"""NeuS system: loss weights, the curvature loss, and a short CPU run on a small synthetic scene beating the initial sphere."""
+"""NeuS system: loss weights, the curvature loss, training without masks (background field), and a short CPU run on a
+small synthetic scene beating the initial sphere."""
 import json
 from pathlib import Path
 
@@ -36,10 +37,10 @@ def test_short_run_halves_the_chamfer_of_the_initial_sphere(launch, tmp_path):
     assert chamfer[300] < 0.5 * chamfer[1], chamfer
 
 
-def make_neus(scene_dir: Path, overrides: tuple[str, ...] = (), cameras: nn.Module | None = None):
+def make_neus(scene_dir: Path, overrides: tuple[str, ...] = (), cameras: nn.Module | None = None, use_masks: bool = True):
     cfg = compose_config(["system=neus", "encoder=frequency", "system.model.grid.resolution=16", *overrides])
     torch.manual_seed(0)
-    scene = load_npz_scene(str(scene_dir))
+    scene = load_npz_scene(str(scene_dir), use_masks=use_masks)
     cameras = FixedCameras(scene.intrinsics, scene.c2w) if cameras is None else cameras
     return instantiate(cfg.system, run_dir=None, _convert_="object", _partial_=True)(scene=scene, cameras=cameras)
 
@@ -113,3 +114,54 @@ def test_a_loaded_run_renders_with_the_annealing_it_was_trained_to(small_synthet
     assert system.cos_anneal_steps == 200 and system.global_step == 0
     assert system.train().cos_anneal_ratio() == 0.0
     assert system.eval().cos_anneal_ratio() == 1.0
+
+
+@pytest.mark.parametrize("use_masks, background", [(False, "black"), (True, "nerf")])
+def test_training_with_the_background_field(small_synthetic, monkeypatch, caplog, use_masks, background):
+    """Without masks a constant background becomes the field (one log line), with no mask loss and no hull; with
+    masks and background=nerf the mask loss and hull stay. Either way the target is the raw image and the field learns."""
+    caplog.set_level("INFO", logger="systems.base")
+    system = make_neus(small_synthetic, (f"system.background={background}", "system.rays.initial=64", "system.loss.eikonal_points=64",
+                                         "system.background_field.n_samples=8", "system.eval_downscale=4"), use_masks=use_masks)
+    assert system.background_mode == "nerf" and system.background_field.n_samples == 8
+    assert ("system.background=black -> nerf" in caplog.text) != use_masks
+    assert [g["name"] for g in system.param_groups()][-2:] == ["background", "variance"]
+    logged = {}
+    monkeypatch.setattr("systems.neus.log_scalars", lambda module, values, prog_bar=(): logged.update(values))
+    system.on_fit_start()
+    assert bool(system.model.grid.hull.all()) != use_masks  # carved from the masks only when training with them
+    rays, target, mask, bg = system.sample_rays(32)
+    assert (mask is not None) == use_masks and bg.shape == (32, 3)
+    total = system.training_step(None, 0)
+    weights = {"rgb_l1": 1.0, "eikonal": 0.1, **({"mask": 0.1} if use_masks else {})}
+    assert ("mask" in logged) == use_masks
+    torch.testing.assert_close(total, sum(w * logged[k] for k, w in weights.items()))
+    total.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in system.background_field.parameters())
+    assert system.background_field.color_out.weight.grad.abs().sum() > 0
+    # Held-out metrics still use the held-out masks: PSNR on the object, IoU of the foreground opacity.
+    metrics, out = system.eval().evaluate_view(0)
+    assert set(metrics) == {"psnr", "iou"} and 0.0 <= metrics["iou"] <= 1.0 and out["rgb"].shape == (12, 16, 3)
+
+
+def test_a_scene_without_masks_keeps_a_learned_background(small_synthetic):
+    """Only the constant colours are replaced by the field; ``learned`` is a choice the user made for such scenes."""
+    system = make_neus(small_synthetic, ("system.background=learned",), use_masks=False)
+    assert system.background_mode == "learned" and system.background_field is None
+    assert make_neus(small_synthetic, use_masks=True).background_field is None
+
+
+@pytest.mark.slow
+def test_launch_trains_without_masks(launch, tiny, tmp_path):
+    """dataset.use_masks=false system.background=nerf end to end: the field is trained and saved, held-out IoU is
+    measured against the masks training never saw."""
+    run_dir = tmp_path / "run"
+    result = launch(*tiny, f"data_dir={tmp_path / 'data'}", f"hydra.run.dir={run_dir}", "dataset.use_masks=false",
+                    "system.background=nerf", "system.background_field.n_samples=8",
+                    "system.eval_downscale=4")  # no hull without masks: the untrained grid is full, full-size renders are slow
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] == 6 and 0.0 <= metrics["iou"] <= 1.0 and metrics["psnr"] > 0
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert any(k.startswith("background_field.") for k in checkpoint["state_dict"])
+    assert "background" in [g["name"] for g in checkpoint["optimizer_states"][0]["param_groups"]]

@@ -19,7 +19,9 @@ def test_summary_has_one_row_per_job_and_a_column_per_varying_override(tmp_path:
     for num, (encoder, chamfer) in enumerate([("hashgrid", 1.25), ("nffb", 0.93)]):
         make_job(tmp_path, num, [f"encoder={encoder}", "seed=1"], {"chamfer": chamfer, "psnr": 30.0, "mesh": "m.ply"})
     make_job(tmp_path, 10, ["encoder=frequency", "seed=1"], None)  # a failed job: no metrics.json
+    (tmp_path / "failed_jobs.txt").write_text("job 10: error: boom\n")
     markdown = summarize(tmp_path)
+    assert markdown.endswith("Failed jobs:\n\n- job 10: error: boom\n")
     assert "Every job: `seed=1`" in markdown
     csv_rows = [r.split(",") for r in (tmp_path / "summary.csv").read_text().splitlines()]
     assert csv_rows == [["job", "encoder", "chamfer", "psnr", "status"],

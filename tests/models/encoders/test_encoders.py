@@ -212,6 +212,21 @@ def test_frequency_window_starts_coarse():
     assert torch.allclose(encoder.window, torch.ones(4))
 
 
+def test_frequency_encoder_of_other_input_sizes():
+    """in_dim=4 (the background field's inverted-sphere coordinates): raw input first, then sin/cos per axis, exact Jacobian."""
+    encoder = FrequencyEncoder(n_frequencies=2, in_dim=4)
+    x = torch.rand(3, 4)
+    enc = encoder(x)
+    assert encoder.out_dim == enc.shape[1] == 20
+    torch.testing.assert_close(enc[:, :4], x)
+    for axis in range(4):
+        phase = torch.pi * x[:, axis, None] * torch.tensor([1.0, 2.0])
+        torch.testing.assert_close(enc[:, 4 + 4 * axis: 8 + 4 * axis], torch.cat([phase.sin(), phase.cos()], dim=-1))
+    jac = encoder.forward_with_jacobian(x)[1]
+    expected = torch.stack([torch.autograd.functional.jacobian(lambda v: encoder(v[None])[0], xi) for xi in x])
+    torch.testing.assert_close(jac, expected)
+
+
 def test_compiled_hashgrid_matches_eager():
     torch.manual_seed(0)
     eager = HashGridEncoder(n_levels=4, log2_table_size=10, base_resolution=4, finest_resolution=32, start_level=3)
