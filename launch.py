@@ -243,7 +243,10 @@ def build_system(cfg: DictConfig, run_dir: Path, checkpoint: dict | None = None)
 def load_run(path: str):
     """The trained system of a finished run directory (or checkpoint), built from its saved config."""
     run_dir, ckpt = find_checkpoint(path)
-    return build_system(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), run_dir, load_checkpoint(ckpt)).eval()
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    if "eps" in cfg.system.get("optim", {}):  # saved before Adam's eps moved to system.optimizer (loading needs no optimiser)
+        cfg.system.optim.pop("eps")
+    return build_system(cfg, run_dir, load_checkpoint(ckpt)).eval()
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

@@ -38,7 +38,7 @@ from PIL import Image
 from datasets.blender import _GL_TO_CV, _field
 from datasets.errors import InputError
 from datasets.npz import check_masks, read_images
-from datasets.scene import Scene, split_views
+from datasets.scene import Scene, ground_truth_path, split_views
 
 TRANSFORM_FILES = ("transforms.json", "transform.json")  # instant-ngp's name, NeuS2's README name
 SPLIT_FILES = (("transforms_train.json", "transforms_test.json"), ("transform_train.json", "transform_test.json"))
@@ -240,10 +240,7 @@ def load_ngp_scene(
         train_ids, test_ids = list(range(len(parts[0][0]))), list(range(len(parts[0][0]), len(paths)))
     else:
         train_ids, test_ids = split_views(len(paths), test_views, test_every)
-    if gt_path is None and (base / "gt_mesh.ply").is_file():
-        gt_path = str(base / "gt_mesh.ply")
-    elif gt_path is not None and not Path(gt_path).is_file():
-        raise InputError(gt_path, "ground-truth file does not exist")
+    gt_path = ground_truth_path(base, gt_path)
     return Scene(
         images=torch.from_numpy(np.ascontiguousarray(rgba[..., :3])),
         masks=masks,

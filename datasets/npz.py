@@ -16,7 +16,7 @@ from PIL import Image
 from scipy.linalg import rq
 
 from datasets.errors import InputError
-from datasets.scene import Scene, split_views
+from datasets.scene import Scene, ground_truth_path, split_views
 
 CAMERA_FILES = ("cameras_sphere.npz", "cameras.npz")
 INIT_CAMERA_FILE = "cameras_linear_init.npz"  # IDR's rough poses, the start of camera refinement
@@ -204,10 +204,7 @@ def load_npz_scene(
         masks = torch.from_numpy(masks[..., 0])
     intrinsics[:, :2] /= downscale
     train_ids, test_ids = split_views(len(image_paths), test_views, test_every)
-    if gt_path is None and (base / "gt_mesh.ply").is_file():
-        gt_path = str(base / "gt_mesh.ply")
-    elif gt_path is not None and not Path(gt_path).is_file():
-        raise InputError(gt_path, "ground-truth file does not exist")
+    gt_path = ground_truth_path(base, gt_path)
     return Scene(
         images=torch.from_numpy(images),
         masks=masks,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,6 +66,15 @@ class Scene:
         self.c2w = self.c2w.to(device)
         self.init_c2w = None if self.init_c2w is None else self.init_c2w.to(device)
         return self
+
+
+def ground_truth_path(root: Path, gt_path: str | None) -> str | None:
+    """The scene's ground truth: ``gt_path`` (which must exist), else ``<root>/gt_mesh.ply`` when present, else None."""
+    if gt_path is not None and not Path(gt_path).is_file():
+        raise InputError(gt_path, "ground-truth file does not exist")
+    if gt_path is None and (root / "gt_mesh.ply").is_file():
+        return str(root / "gt_mesh.ply")
+    return gt_path
 
 
 def split_views(n_views: int, test_views: list[int] | None, test_every: int | None) -> tuple[list[int], list[int]]:

@@ -53,5 +53,5 @@ def accumulate(weights: torch.Tensor, values: torch.Tensor | None, ray_indices: 
     """
     if values is None:
         return torch.zeros(n_rays, device=weights.device, dtype=weights.dtype).index_add_(0, ray_indices, weights)
-    out = torch.zeros(n_rays, values.shape[-1], device=weights.device, dtype=values.dtype)
-    return out.index_add_(0, ray_indices, weights[:, None] * values)
+    weighted = weights[:, None] * values  # float32 weights times half-precision colours under mixed precision
+    return torch.zeros(n_rays, values.shape[-1], device=weights.device, dtype=weighted.dtype).index_add_(0, ray_indices, weighted)

@@ -40,7 +40,7 @@ class FrequencyEncoder(nn.Module):
         ph = self._phases(x)
         w = self.window
         feats = torch.cat([torch.sin(ph) * w, torch.cos(ph) * w], dim=-1)  # (N, D, 2K)
-        return torch.cat([x, feats.reshape(x.shape[0], -1)], dim=-1)
+        return torch.cat([x, feats.flatten(1)], dim=-1)  # flatten, not reshape(n, -1): n may be 0
 
     def forward_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoding (N, E) and its exact Jacobian w.r.t. x, (N, E, D)."""
@@ -48,7 +48,7 @@ class FrequencyEncoder(nn.Module):
         ph = self._phases(x)
         s, c = torch.sin(ph), torch.cos(ph)
         w = self.window
-        enc = torch.cat([x, torch.cat([s * w, c * w], dim=-1).reshape(n, -1)], dim=-1)
+        enc = torch.cat([x, torch.cat([s * w, c * w], dim=-1).flatten(1)], dim=-1)
         # Each encoded column depends on one input axis: d/dx_a of column (a, j) is a diagonal entry.
         dcol = torch.cat([c * w * self.freqs, -s * w * self.freqs], dim=-1)  # (N, D, 2K)
         d = self.in_dim

@@ -81,3 +81,9 @@ def test_nerfacc_and_torch_paths_render_the_same(monkeypatch):
     assert theirs["opacity"].max() > 0.9 and theirs["opacity"].min() < 0.1  # the sphere and the space beside it
     assert (ours["opacity"] - theirs["opacity"]).abs().mean() < 2e-3
     assert (ours["rgb"] - theirs["rgb"]).abs().mean() < 2e-3
+
+
+def test_accumulate_mixes_precisions():
+    """Under mixed precision the colours are half precision and the weights float32: the sum keeps float32."""
+    out = accumulate(torch.tensor([0.5, 0.25, 1.0]), torch.ones(3, 2, dtype=torch.bfloat16), torch.tensor([0, 0, 1]), 2)
+    assert out.dtype == torch.float32 and torch.equal(out, torch.tensor([[0.75, 0.75], [1.0, 1.0]]))

@@ -61,6 +61,10 @@ def test_shape_and_xyz_prefix(name):
     enc = encoder(x)
     assert enc.shape == (50, encoder.out_dim)
     assert torch.equal(enc[:, :3], x)
+    # An empty batch (e.g. system.loss.eikonal_points=0 adds no points) keeps its shape.
+    empty = torch.zeros(0, 3)
+    assert encoder(empty).shape == (0, encoder.out_dim)
+    assert encoder.forward_with_jacobian(empty)[1].shape == (0, encoder.out_dim, 3)
 
 
 @pytest.mark.parametrize("name", ENCODERS)
