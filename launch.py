@@ -289,7 +289,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return {"step": int(checkpoint["global_step"]), "mesh": str(mesh_path)}
 
     started = time.time()
-    evaluation = Evaluation(run_dir, mesh_path, cfg.eval.chamfer_points, cfg.eval.max_dist, cfg.eval.mask_dilation)
+    evaluation = Evaluation(run_dir, mesh_path, cfg.eval.chamfer_points, cfg.eval.max_dist, cfg.eval.mask_dilation,
+                            protocol=cfg.eval.protocol, dtu_dir=cfg.eval.dtu_dir, scan=cfg.scan)
     callbacks = [evaluation] if cfg.mode == "eval" and mesh_path.exists() else [export, evaluation]
     trainer = build_trainer(cfg, run_dir, callbacks)
     if cfg.mode == "train":
@@ -309,7 +310,8 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
     if "train_time_s" in metrics:
         lines.append(f"train time   {metrics['train_time_s']} s")
     if "chamfer" in metrics:
-        lines.append(f"chamfer      {metrics['chamfer']:.3f}  (accuracy {metrics['accuracy']:.3f}, completeness {metrics['completeness']:.3f})")
+        lines.append(f"chamfer      {metrics['chamfer']:.3f}  (accuracy {metrics['accuracy']:.3f}, completeness {metrics['completeness']:.3f}"
+                     f"{', ' + metrics['protocol'] if 'protocol' in metrics else ''})")
     if "psnr" in metrics:
         iou = f", IoU {metrics['iou']:.4f}" if "iou" in metrics else ""
         lines.append(f"held-out     PSNR {metrics['psnr']:.2f} dB{iou} over {metrics['n_test_views']} views")

@@ -1,4 +1,4 @@
-"""Evaluation metrics: DTU-style Chamfer distance, mask culling, PSNR and silhouette IoU.
+"""Evaluation metrics: DTU-style Chamfer distance (masked, or DTU's official protocol), mask culling, PSNR and silhouette IoU.
 
 Chamfer accuracy / completeness follow the DTU MVS benchmark (Aanæs et al., "Large-Scale Data for
 Multiple-View Stereopsis", IJCV 2016) as used by IDR / NeuS; mask culling follows NeuS
@@ -186,6 +186,113 @@ def chamfer_distance(
     to_pred = point_to_mesh_distance(gt_points, pred_vertices, pred_faces, n_points, seed=seed + 3, max_dist=max_dist)
     accuracy = float(np.minimum(to_gt, max_dist).mean()) if len(to_gt) else float(max_dist)
     completeness = float(np.minimum(to_pred, max_dist).mean())
+    return {"accuracy": accuracy, "completeness": completeness, "chamfer": 0.5 * (accuracy + completeness)}
+
+
+def sample_surface_grid(vertices: np.ndarray, faces: np.ndarray, spacing: float, budget: int = 2_000_000) -> np.ndarray:
+    """Dense deterministic samples of a mesh, the DTU evaluation's: its vertices plus, in each triangle
+    (a, b, c), the grid points a + (i + 1/2)/n1 (b - a) + (j + 1/2)/n2 (c - a) inside it, with the
+    largest n1, n2 whose grid cells are at least ``spacing``^2 in area and as long on both sides
+    (relative to the edges). Triangles too small for one cell contribute their vertices only.
+    ``budget`` bounds the candidate points held at once.
+
+    Args:
+        vertices: (V, 3); faces: (F, 3) int.
+
+    Returns:
+        (P, 3) float64 points, P >= V.
+    """
+    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    tri = v[np.asarray(faces, dtype=np.int64).reshape(-1, 3)]
+    e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    l1, l2 = np.linalg.norm(e1, axis=-1), np.linalg.norm(e2, axis=-1)
+    area2 = np.linalg.norm(np.cross(e1, e2), axis=-1)
+    shrink = np.sqrt(np.divide(area2, l1 * l2, out=np.zeros_like(area2), where=area2 > 0)) / spacing  # sqrt(sin angle)
+    n1, n2 = np.floor(l1 * shrink).astype(np.int64), np.floor(l2 * shrink).astype(np.int64)
+    ids = np.flatnonzero((n1 > 0) & (n2 > 0))
+    counts = (n1[ids] + 1) * (n2[ids] + 1)
+    ends = np.cumsum(counts)
+    out, start = [v], 0
+    while start < len(ids):
+        stop = max(int(np.searchsorted(ends, ends[start] - counts[start] + budget, side="right")), start + 1)
+        chunk, count = ids[start:stop], counts[start:stop]
+        owner = np.repeat(np.arange(len(chunk)), count)
+        local = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+        f = chunk[owner]
+        u = (local // (n2[f] + 1) + 0.5) / n1[f]
+        w = (local % (n2[f] + 1) + 0.5) / n2[f]
+        inside = u + w < 1
+        f, u, w = f[inside], u[inside, None], w[inside, None]
+        out.append(tri[f, 0] + u * e1[f] + w * e2[f])
+        start = stop
+    return np.concatenate(out)
+
+
+def downsample_points(points: np.ndarray, min_distance: float, seed: int = 0) -> np.ndarray:
+    """Greedy radius filter (the DTU evaluation's downsampling): visit the points in a random order
+    and keep each one that no kept point lies within ``min_distance`` of. Kept points are more than
+    ``min_distance`` apart, and every input point lies within ``min_distance`` of a kept one.
+
+    Args:
+        points: (P, 3).
+
+    Returns:
+        (K, 3) float64, the kept points in their input order.
+    """
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    order = np.random.default_rng(seed).permutation(len(points))
+    pairs = cKDTree(points[order]).query_pairs(min_distance, output_type="ndarray")  # (M, 2): i < j, |pi - pj| <= d
+    pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
+    first, start = np.unique(pairs[:, 0], return_index=True)
+    keep = np.ones(len(points), dtype=bool)
+    for i, a, b in zip(first.tolist(), start.tolist(), [*start[1:].tolist(), len(pairs)]):
+        if keep[i]:  # visited in order: a kept point drops its later neighbours
+            keep[pairs[a:b, 1]] = False
+    return points[np.sort(order[keep])]
+
+
+def dtu_official_distances(
+    pred_points: np.ndarray,
+    stl_points: np.ndarray,
+    obs_mask: np.ndarray,
+    bb: np.ndarray,
+    res: float,
+    plane: np.ndarray,
+    max_dist: float = 20.0,
+) -> dict[str, float]:
+    """Accuracy, completeness and Chamfer (their mean) by the official DTU MVS evaluation (Aanæs et
+    al., IJCV 2016; its MATLAB code and the DTUeval-python port used by NeuS).
+
+    accuracy: mean distance from the prediction points inside the observation mask to the nearest
+    STL point; a point is inside when its nearest voxel, round((p - bb[0]) / res), lies in the volume
+    and is set. completeness: mean distance from the STL points above the ground plane
+    ([p, 1] . plane > 0) to the nearest prediction point (all of them, masked or not). Distances of
+    ``max_dist`` or more are excluded from the means, not clipped; a side with no distance left
+    scores ``max_dist``.
+
+    Args:
+        pred_points: (P, 3) prediction samples, downsampled (:func:`downsample_points`, 0.2 mm);
+        stl_points: (S, 3); obs_mask: (X, Y, Z) bool; bb: (2, 3) min and max corners; res: voxel size;
+        plane: (4,).
+    """
+    pred = np.asarray(pred_points, dtype=np.float64).reshape(-1, 3)
+    stl = np.asarray(stl_points, dtype=np.float64).reshape(-1, 3)
+    obs_mask = np.asarray(obs_mask, dtype=bool)
+    voxel = np.floor((pred - np.asarray(bb, dtype=np.float64).reshape(2, 3)[0]) / res + 0.5).astype(np.int64)
+    in_volume = np.all((voxel >= 0) & (voxel < obs_mask.shape), axis=1)
+    in_obs = np.zeros(len(pred), dtype=bool)
+    in_obs[in_volume] = obs_mask[tuple(voxel[in_volume].T)]
+    plane = np.asarray(plane, dtype=np.float64).reshape(4)
+    above = stl @ plane[:3] + plane[3] > 0
+
+    def mean_below(sources: np.ndarray, targets: np.ndarray) -> float:
+        if len(sources) == 0 or len(targets) == 0:
+            return float(max_dist)
+        dist = cKDTree(targets).query(sources, distance_upper_bound=max_dist, workers=-1)[0]
+        dist = dist[dist < max_dist]
+        return float(dist.mean()) if len(dist) else float(max_dist)
+
+    accuracy, completeness = mean_below(pred[in_obs], stl), mean_below(stl[above], pred)
     return {"accuracy": accuracy, "completeness": completeness, "chamfer": 0.5 * (accuracy + completeness)}
 
 

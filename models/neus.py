@@ -34,6 +34,12 @@ class NeuSModel(nn.Module):
     def inv_s(self) -> torch.Tensor:
         return self.variance().clamp(1e-6, 1e6)
 
+    def alpha(self, sdf: torch.Tensor, grad: torch.Tensor, dirs: torch.Tensor, dt: torch.Tensor,
+              cos_anneal_ratio: float = 1.0) -> torch.Tensor:
+        """Opacity of each sample from its SDF (S,), gradient (S, 3), ray direction (S, 3) and length dt (S,):
+        NeuS's :func:`models.renderers.neus_alpha`. -> (S,)."""
+        return neus_alpha(sdf, grad, dirs, dt, self.inv_s(), cos_anneal_ratio)
+
     @torch.no_grad()
     def cell_occupancy(self, x: torch.Tensor) -> torch.Tensor:
         """Opacity of crossing one grid cell head-on at distance |sdf(x)| from the surface. (P, 3) -> (P,)."""
@@ -61,7 +67,7 @@ class NeuSModel(nn.Module):
         dirs = rays.directions[idx]
         sdf, feature, grad, lap = self.geometry.forward_with_derivatives(pts, create_graph, laplacian)
         normals = F.normalize(grad, dim=-1)
-        alpha = neus_alpha(sdf, grad, dirs, samples.t_ends - samples.t_starts, self.inv_s(), cos_anneal_ratio)
+        alpha = self.alpha(sdf, grad, dirs, samples.t_ends - samples.t_starts, cos_anneal_ratio)
         weights = packed_weights(alpha, idx, n)
         colors = self.texture(pts, normals, dirs, feature)
         opacity = accumulate(weights, None, idx, n)

@@ -16,12 +16,15 @@ import trimesh
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from scipy.spatial import cKDTree
 
+from datasets.errors import InputError
 from models.mesh import decimate
-from models.metrics import chamfer_distance, visible_in_masks
-from systems.mesh_io import atomic_write, load_reference
+from models.metrics import chamfer_distance, downsample_points, dtu_official_distances, sample_surface_grid, visible_in_masks
+from systems.mesh_io import atomic_write, dtu_official_paths, load_dtu_official, load_reference
 
 log = logging.getLogger(__name__)
 TENSORBOARD_MAX_FACES = 50_000  # meshes logged to TensorBoard are decimated to this many faces
+DTU_DENSITY = 0.2  # mm: DTU's official evaluation samples the mesh and downsamples it to points this far apart
+PROTOCOLS = ("masked", "dtu_official")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -111,17 +114,41 @@ def log_mesh(writer: Any, tag: str, path: str | Path, step: int, max_faces: int 
 
 
 class Evaluation(pl.Callback):
-    """Aggregates held-out PSNR / IoU, computes the Chamfer distance of the exported mesh against the
-    scene's ground truth (prediction culled to the dilated masks), and writes ``metrics.json``; on rank 0 only."""
+    """Aggregates held-out PSNR / IoU, computes the Chamfer distance of the exported mesh, and writes
+    ``metrics.json``; on rank 0 only. ``protocol="masked"``: against the scene's ground truth, the
+    prediction culled to the dilated masks; ``"dtu_official"``: DTU's own evaluation of ``scan`` with the
+    files under ``dtu_dir`` (checked here, so a run without them stops before training)."""
 
     def __init__(self, run_dir: str | Path, mesh_path: str | Path, chamfer_points: int = 200_000,
-                 max_dist: float = 20.0, mask_dilation: int = 12, extra: dict[str, Any] | None = None) -> None:
+                 max_dist: float = 20.0, mask_dilation: int = 12, extra: dict[str, Any] | None = None,
+                 protocol: str = "masked", dtu_dir: str | Path | None = None, scan: int | None = None) -> None:
         self.run_dir, self.mesh_path = Path(run_dir), Path(mesh_path)
         self.chamfer_points, self.max_dist, self.mask_dilation = chamfer_points, max_dist, mask_dilation
         self.extra = extra or {}
         self.metrics: dict[str, Any] = {}
+        if protocol not in PROTOCOLS:
+            raise InputError("eval.protocol", f"unknown value {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if protocol == "dtu_official":
+            if dtu_dir is None or scan is None:
+                raise InputError("eval.dtu_dir", "eval.protocol=dtu_official needs eval.dtu_dir=DIR (holding Points/stl and ObsMask) and scan")
+            dtu_official_paths(dtu_dir, scan)
+        self.protocol, self.dtu_dir, self.scan = protocol, dtu_dir, scan
+
+    def dtu_official(self) -> dict[str, float]:
+        """DTU's official evaluation of the exported mesh (world millimetres): sampled densely, downsampled
+        to ``DTU_DENSITY``, against the STL points with the observation mask and ground plane."""
+        pred_v, pred_f = load_reference(self.mesh_path, allow_empty=True)
+        reference = load_dtu_official(self.dtu_dir, self.scan)
+        if pred_f is None or len(pred_f) == 0:
+            return {"chamfer": self.max_dist, "accuracy": self.max_dist, "completeness": self.max_dist}
+        log.info("DTU official evaluation of scan %d: sampling the mesh every %.1f mm ...", self.scan, DTU_DENSITY)
+        points = downsample_points(sample_surface_grid(pred_v, pred_f, DTU_DENSITY), DTU_DENSITY)
+        return dtu_official_distances(points, reference.stl, reference.obs_mask, reference.bb, reference.res,
+                                      reference.plane, self.max_dist)
 
     def chamfer(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        if self.protocol == "dtu_official":
+            return self.dtu_official() if self.mesh_path.exists() else {}
         scene = pl_module.scene
         if scene.gt_path is None or not self.mesh_path.exists():
             return {}
@@ -154,7 +181,9 @@ class Evaluation(pl.Callback):
         metrics["n_test_views"] = len(views)
         metrics["eval_downscale"] = int(pl_module.eval_downscale)
         metrics.update(pl_module.pose_metrics())
-        metrics.update(self.chamfer(pl_module))
+        chamfer = self.chamfer(pl_module)
+        if chamfer:
+            metrics.update(chamfer, protocol=self.protocol)
         if self.mesh_path.exists():
             metrics["mesh"] = str(self.mesh_path)
         path = self.run_dir / "metrics.json"

@@ -184,15 +184,27 @@ class SystemConfig:
 
 
 @dataclass
-class NeuSConfig(SystemConfig):
-    _target_: str = "systems.neus.NeuSSystem"
-    name: str = "neus"
-    cos_anneal_steps: int = 200
+class VolumeConfig(SystemConfig):
+    """What the volume-rendering systems (NeuS, VolSDF) share."""
+
     rays: Rays = field(default_factory=Rays)
     loss: NeuSLoss = field(default_factory=NeuSLoss)
     visual_hull: VisualHull = field(default_factory=VisualHull)
     optim: Optim = field(default_factory=Optim)
     optimizer: Optimizer = field(default_factory=Optimizer)
+
+
+@dataclass
+class NeuSConfig(VolumeConfig):
+    _target_: str = "systems.neus.NeuSSystem"
+    name: str = "neus"
+    cos_anneal_steps: int = 200
+
+
+@dataclass
+class VolSDFConfig(VolumeConfig):
+    _target_: str = "systems.volsdf.VolSDFSystem"
+    name: str = "volsdf"
 
 
 @dataclass
@@ -281,6 +293,8 @@ class Eval:
     chamfer_points: int = 200000
     max_dist: float = 20.0         # DTU caps distances at 20 world units
     mask_dilation: int = 12        # pixels; the prediction is culled to the dilated masks of the views that see it
+    protocol: str = "masked"       # masked (the above, against the scene's GT) | dtu_official (DTU's own evaluation files)
+    dtu_dir: str | None = None     # dtu_official: the folder holding Points/stl/stl{scan:03}_total.ply and ObsMask/ (top-level scan)
 
 
 @dataclass
@@ -314,10 +328,11 @@ class Config:
 
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore, outside every config group: ``config_schema``
-    (configs/config.yaml), ``neus_schema`` and ``idr_schema`` (configs/system/*.yaml, ``@_here_``)."""
+    (configs/config.yaml), ``neus_schema``, ``volsdf_schema`` and ``idr_schema`` (configs/system/*.yaml, ``@_here_``)."""
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     store.store(name="neus_schema", node=NeuSConfig)
+    store.store(name="volsdf_schema", node=VolSDFConfig)
     store.store(name="idr_schema", node=IDRConfig)
 
 

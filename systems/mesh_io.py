@@ -1,12 +1,15 @@
-"""Result files: atomic writes of extracted meshes and refined cameras, and loading of reference (GT) geometry."""
+"""Result files: atomic writes of extracted meshes and refined cameras, and loading of reference (GT) geometry
+(meshes, point clouds, DTU's official evaluation files)."""
 from __future__ import annotations
 
 import io
 import os
 import secrets
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+import scipy.io
 import trimesh
 from PIL import Image
 
@@ -134,3 +137,62 @@ def load_reference(path: str | Path, allow_empty: bool = False) -> tuple[np.ndar
     if faces is None or len(faces) == 0:
         return vertices, None
     return vertices, np.asarray(faces, dtype=np.int64)
+
+
+class DTUReference(NamedTuple):
+    """DTU's official evaluation data of one scan (world millimetres)."""
+
+    stl: np.ndarray       # (S, 3) float64 reference points
+    obs_mask: np.ndarray  # (X, Y, Z) bool observation mask
+    bb: np.ndarray        # (2, 3) float64 min and max corners of the mask's volume
+    res: float            # its voxel size
+    plane: np.ndarray     # (4,) float64 ground plane; points with [p, 1] . plane > 0 are kept
+
+
+def dtu_official_paths(dtu_dir: str | Path, scan: int) -> tuple[Path, Path, Path]:
+    """The files of DTU's official evaluation for ``scan`` under ``dtu_dir``: ``Points/stl/stl{scan:03}_total.ply``,
+    ``ObsMask/ObsMask{scan}_10.mat`` and ``ObsMask/Plane{scan}.mat``.
+
+    Raises:
+        InputError: one of them is missing.
+    """
+    root = Path(dtu_dir)
+    paths = (root / "Points" / "stl" / f"stl{scan:03d}_total.ply", root / "ObsMask" / f"ObsMask{scan}_10.mat",
+             root / "ObsMask" / f"Plane{scan}.mat")
+    for path in paths:
+        if not path.is_file():
+            raise InputError(path, "DTU evaluation file not found (eval.dtu_dir must hold Points/stl and ObsMask)")
+    return paths
+
+
+def _load_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    try:
+        data = scipy.io.loadmat(path)
+    except Exception as err:  # scipy raises many types for malformed or v7.3 (HDF5) files
+        raise InputError(path, f"cannot read MATLAB file: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise InputError(path, f"missing variable {', '.join(missing)}")
+    return {key: np.asarray(data[key]) for key in keys}
+
+
+def load_dtu_official(dtu_dir: str | Path, scan: int) -> DTUReference:
+    """Read DTU's official evaluation files for ``scan`` (see :func:`dtu_official_paths`).
+
+    Raises:
+        InputError: a file is missing, unreadable, or holds arrays of the wrong shape.
+    """
+    stl_path, mask_path, plane_path = dtu_official_paths(dtu_dir, scan)
+    mask = _load_mat(mask_path, ("ObsMask", "BB", "Res"))
+    if mask["ObsMask"].ndim != 3 or mask["BB"].shape != (2, 3) or mask["Res"].size != 1:
+        raise InputError(mask_path, f"expected ObsMask (X, Y, Z), BB (2, 3) and Res (1), got {mask['ObsMask'].shape}, "
+                                    f"{mask['BB'].shape} and {mask['Res'].shape}")
+    res = float(mask["Res"].reshape(()))
+    if not res > 0:
+        raise InputError(mask_path, f"Res must be positive, got {res}")
+    plane = _load_mat(plane_path, ("P",))["P"]
+    if plane.size != 4:
+        raise InputError(plane_path, f"expected P with 4 values, got shape {plane.shape}")
+    stl, _ = load_reference(stl_path)
+    return DTUReference(stl, mask["ObsMask"].astype(bool), mask["BB"].astype(np.float64), res,
+                        plane.astype(np.float64).reshape(4))

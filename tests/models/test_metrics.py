@@ -6,11 +6,16 @@ import pytest
 import torch
 import trimesh
 
+from scipy.spatial import cKDTree
+
 from models.metrics import (
     chamfer_distance,
+    downsample_points,
+    dtu_official_distances,
     point_to_mesh_distance,
     psnr,
     sample_surface,
+    sample_surface_grid,
     silhouette_iou,
     visible_in_masks,
 )
@@ -142,6 +147,59 @@ def test_empty_prediction_scores_max_dist() -> None:
     gt_v, gt_f = square(0, 1, 0, 1)
     result = chamfer_distance(np.zeros((0, 3)), np.zeros((0, 3), int), gt_v, gt_f, max_dist=5.0)
     assert result == {"accuracy": 5.0, "completeness": 5.0, "chamfer": 5.0}
+
+
+def test_sample_surface_grid_is_on_the_mesh_and_dense() -> None:
+    vertices, faces = square(0, 10, 0, 5, n=3)
+    points = sample_surface_grid(vertices, faces, 0.2)
+    assert np.all(points[:len(vertices)] == vertices)
+    assert np.abs(points[:, 2]).max() == 0 and points[:, :2].min() >= 0 and points[:, 0].max() <= 10 and points[:, 1].max() <= 5
+    assert 50 / 0.04 * 0.8 < len(points) < 50 / 0.04 * 1.5  # about one point per 0.2 x 0.2 cell
+    probes, _ = sample_surface(vertices, faces, 20_000, seed=1)
+    assert cKDTree(points).query(probes)[0].max() < 0.3  # no holes
+
+
+def test_downsample_points_spacing_and_cover() -> None:
+    points = np.random.default_rng(0).random((20_000, 3)) * [10.0, 10.0, 1.0]
+    kept = downsample_points(points, 0.5)
+    assert 100 < len(kept) < len(points)
+    assert cKDTree(kept).query(kept, k=2)[0][:, 1].min() > 0.5  # kept points are farther apart than min_distance
+    assert cKDTree(kept).query(points)[0].max() <= 0.5  # every input point is within min_distance of a kept one
+    assert cKDTree(points).query(kept)[0].max() == 0  # kept points are input points
+
+
+def dtu_scene() -> dict[str, np.ndarray | float]:
+    """A fabricated DTU evaluation: a 40 mm volume at 1 mm voxels, observed where x < 5.5 (voxels 0..5), and the
+    ground plane z = 0.5; STL points A, B above it, C below it and D above it far from everything."""
+    obs_mask = np.zeros((41, 41, 41), dtype=bool)
+    obs_mask[:6] = True
+    stl = np.array([[2, 2, 1], [8, 8, 1], [20, 20, 0], [38, 38, 5]], dtype=float)
+    return {"stl_points": stl, "obs_mask": obs_mask, "bb": np.array([[0, 0, 0], [40, 40, 40]], dtype=float),
+            "res": 1.0, "plane": np.array([0, 0, 1, -0.5])}
+
+
+def test_dtu_official_distances_mask_plane_and_exclusion() -> None:
+    pred = np.array([[2, 2, 2],     # observed: 1 from A
+                     [8, 8, 3],     # not observed (x = 8): 2 from B, left out of accuracy
+                     [2, 30, 1]],   # observed, 20.6 from C, its nearest: over 20, excluded (not clipped to 20)
+                    dtype=float)
+    result = dtu_official_distances(pred, **dtu_scene(), max_dist=20.0)
+    assert result["accuracy"] == pytest.approx(1.0)
+    # A -> 1, B -> 2 (to the unobserved point: completeness uses every prediction point); C (17.2 from the
+    # prediction) is below the plane and D (42 away) is excluded.
+    assert result["completeness"] == pytest.approx(1.5)
+    assert result["chamfer"] == pytest.approx(1.25)
+    clipped_if_not_excluded = dtu_official_distances(pred, **dtu_scene(), max_dist=21.0)
+    assert clipped_if_not_excluded["accuracy"] == pytest.approx((1.0 + np.sqrt(18**2 + 10**2 + 1)) / 2)
+
+
+def test_dtu_official_distances_nearest_voxel_and_empty_sides() -> None:
+    inside = dtu_official_distances(np.array([[5.4, 2.0, 1.0]]), **dtu_scene())  # nearest voxel x = 5: observed
+    assert inside["accuracy"] == pytest.approx(3.4)
+    outside = dtu_official_distances(np.array([[5.6, 2.0, 1.0]]), **dtu_scene(), max_dist=20.0)  # voxel 6: not
+    assert outside["accuracy"] == 20.0 and outside["completeness"] == pytest.approx((3.6 + np.hypot(2.4, 6.0)) / 2)  # A, B
+    assert dtu_official_distances(np.zeros((0, 3)), **dtu_scene(), max_dist=7.0) == {
+        "accuracy": 7.0, "completeness": 7.0, "chamfer": 7.0}
 
 
 def test_visible_in_masks() -> None:
