@@ -1,7 +1,8 @@
 """What every reconstruction system shares: data on the device, ray sampling, optimisation,
 held-out rendering and metrics, mesh export. Subclasses implement ``training_step`` and
 ``render_rays``; their ``model`` has a ``geometry`` (SDF field) and a ``texture`` (colour field).
-Submodules expose ``update_step(epoch, step)`` hooks that are walked every step."""
+The system and its submodules expose ``update_step(epoch, step)`` hooks, walked before every training
+step by :class:`systems.callbacks.StepSchedules`."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,7 @@ from models.metrics import psnr, silhouette_iou
 from models.rays import RayBundle, image_rays, pixel_rays
 from models.samplers import OccupancyGrid
 from models.texture import bake_texture
+from systems.callbacks import StepSchedules
 from systems.config import BackgroundFieldConfig, Optim, Optimizer, Scheduler, as_section
 from systems.mesh_io import save_cameras, save_mesh, save_textured_mesh
 
@@ -180,10 +182,9 @@ class BaseSystem(pl.LightningModule):
         scheduler = self.make_scheduler(optimizer, self.optim, self.trainer.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        for module in self.modules():
-            if module is not self and hasattr(module, "update_step"):
-                module.update_step(self.current_epoch, self.global_step)
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """:class:`StepSchedules` walks the ``update_step`` hooks before every training step."""
+        return [StepSchedules()]
 
     # ------------------------------------------------------------- rendering
     def render_rays(self, rays: RayBundle, background: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -27,6 +27,20 @@ DTU_DENSITY = 0.2  # mm: DTU's official evaluation samples the mesh and downsamp
 PROTOCOLS = ("masked", "dtu_official")
 
 
+class StepSchedules(pl.Callback):
+    """The one mechanism for what changes with the training step: before each step, every part of the
+    system with an ``update_step(epoch, step)`` hook sets itself for that step: the system (NeuS's
+    cosine annealing, IDR's mask-loss sharpness), the encoders (progressive levels, BARF's window),
+    the occupancy grid. Loss weights are schedules evaluated at the step where they are used
+    (``systems.schedules``). Systems attach this callback themselves (``configure_callbacks``), so
+    every Trainer that fits one runs it, and a resumed run starts at its saved step."""
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        for module in pl_module.modules():
+            if hasattr(module, "update_step"):
+                module.update_step(trainer.current_epoch, trainer.global_step)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file and renames it, so a killed run never leaves a
     truncated ``last.ckpt`` behind."""

@@ -36,6 +36,7 @@ class IDRSystem(BaseSystem):
         super().__init__(model, *args, **kwargs)
         self.n_rays = int(n_rays)
         self.loss_cfg = as_section(IDRLoss, loss)
+        self.update_step(0, 0)
 
     def resolve_background(self, background: str) -> str:
         """Refuse a scene that trains without masks and the background field; else as the base system."""
@@ -53,6 +54,10 @@ class IDRSystem(BaseSystem):
         passed = sum(step >= m for m in self.loss_cfg.alpha_milestones)
         return self.loss_cfg.alpha_init * self.loss_cfg.alpha_factor ** passed
 
+    def update_step(self, epoch: int, step: int) -> None:
+        """The mask loss's sharpness for ``step`` (IDR's schedule)."""
+        self.mask_sharpness = self.alpha(step)
+
     def render_rays(self, rays: RayBundle, background: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model.render(rays, None, background, create_graph=False)
 
@@ -66,7 +71,7 @@ class IDRSystem(BaseSystem):
         hit = out["hit"]
         losses = {"rgb": (out["rgb"][hit] - target[hit]).abs().sum() / n}
         if in_mask is not None and w["mask"] > 0:
-            losses["mask"] = mask_loss(out["min_sdf"], hit, in_mask, self.alpha(step))
+            losses["mask"] = mask_loss(out["min_sdf"], hit, in_mask, self.mask_sharpness)
         if w["eikonal"] > 0:
             losses["eikonal"] = self.eikonal_loss(out["sample_grad"], self.loss_cfg.eikonal_points)
         if w["curvature"] > 0:
@@ -75,6 +80,6 @@ class IDRSystem(BaseSystem):
 
         with torch.no_grad():
             train_psnr = -10.0 * torch.log10(F.mse_loss(out["rgb"][hit], target[hit])) if hit.any() else torch.zeros((), device=self.device)
-        log_scalars(self, {**losses, "loss": total, "psnr": train_psnr, "hit": hit.float().mean(), "alpha": self.alpha(step)},
+        log_scalars(self, {**losses, "loss": total, "psnr": train_psnr, "hit": hit.float().mean(), "alpha": self.mask_sharpness},
                     prog_bar=("loss", "psnr"))
         return total

@@ -35,6 +35,7 @@ class NeuSSystem(BaseSystem):
         self.rays_cfg = as_section(Rays, rays)
         self.hull_cfg = as_section(VisualHull, visual_hull)
         self.cos_anneal_steps = cos_anneal_steps
+        self.update_step(0, 0)
         self.n_rays = float(self.rays_cfg.initial)
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -54,12 +55,14 @@ class NeuSSystem(BaseSystem):
             dilation = self.hull_cfg.dilation + math.ceil(float(intrinsics[:, 0, 0].max()) * math.tan(math.radians(margin)))
             self.model.grid.carve_visual_hull(intrinsics, c2w, masks[ids], dilation, self.hull_cfg.tolerance)
 
+    def update_step(self, epoch: int, step: int) -> None:
+        """NeuS's cosine annealing at ``step``: 0 -> 1 over ``cos_anneal_steps`` training steps."""
+        self.anneal = 1.0 if self.cos_anneal_steps <= 0 else min(1.0, step / self.cos_anneal_steps)
+
     def cos_anneal_ratio(self) -> float:
-        """NeuS's cosine annealing: 0 -> 1 over ``cos_anneal_steps`` training steps; 1 when not training
-        (a loaded run's step counter restarts at 0, but its field was trained to the end of the ramp)."""
-        if not self.training or self.cos_anneal_steps <= 0:
-            return 1.0
-        return min(1.0, self.global_step / self.cos_anneal_steps)
+        """The annealing ratio of the current training step; 1 when not training (a loaded run's step
+        counter restarts at 0, but its field was trained to the end of the ramp)."""
+        return self.anneal if self.training else 1.0
 
     def render_rays(self, rays: RayBundle, background: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model.render(rays, background, self.cos_anneal_ratio(), stratified=False, create_graph=False)

@@ -2,6 +2,7 @@
 small synthetic scene beating the initial sphere."""
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -114,6 +115,22 @@ def test_a_loaded_run_renders_with_the_annealing_it_was_trained_to(small_synthet
     assert system.cos_anneal_steps == 200 and system.global_step == 0
     assert system.train().cos_anneal_ratio() == 0.0
     assert system.eval().cos_anneal_ratio() == 1.0
+
+
+def test_step_schedules_set_the_annealing_levels_and_grid_for_the_step(small_synthetic):
+    """One mechanism (StepSchedules, attached by the system itself) sets every step-driven part: NeuS's
+    annealing, the encoder's coarse-to-fine window, the occupancy grid's refresh."""
+    from systems.callbacks import StepSchedules
+
+    system = make_neus(small_synthetic, ("encoder.window_end=320",))
+    (callback,) = system.configure_callbacks()
+    assert isinstance(callback, StepSchedules)
+    encoder, grid = system.model.geometry.encoder, system.model.grid
+    before = grid.values.clone()
+    callback.on_train_batch_start(SimpleNamespace(current_epoch=0, global_step=160), system.train(), None, 0)
+    assert system.cos_anneal_ratio() == 160 / 200
+    assert encoder.window[0] == 1 and encoder.window[-1] == 0  # BARF's window half open at 160 of 320 steps
+    assert not torch.equal(grid.values, before)  # the grid refreshes every 16 steps
 
 
 @pytest.mark.parametrize("use_masks, background", [(False, "black"), (True, "nerf")])
