@@ -66,17 +66,20 @@ def job_overrides(job: str) -> list[str]:
     return [*JOBS[name], *([f"dataset.shape={shape}"] if shape else [])]
 
 
-def run(name: str, extra: list[str], out: Path) -> dict:
-    run_dir = out / name.replace("@", "_")
-    cmd = [sys.executable, "launch.py", *job_overrides(name), *extra, f"hydra.run.dir={run_dir}"]
+def launch(overrides: list[str], run_dir: Path) -> dict:
+    """Run launch.py with ``overrides`` into ``run_dir``; its metrics.json with the wall time and command."""
     started = time.time()
+    cmd = [sys.executable, "launch.py", *overrides, f"hydra.run.dir={run_dir}"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{result.stderr[-2000:]}")
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics["wall_s"] = round(time.time() - started, 1)
-    metrics["command"] = "python launch.py " + " ".join([*job_overrides(name), *extra])
-    return metrics
+    return {**metrics, "wall_s": round(time.time() - started, 1), "command": "python launch.py " + " ".join(overrides)}
+
+
+def run(name: str, extra: list[str], out: Path) -> dict:
+    """Job ``name`` of JOBS (with ``extra`` overrides) into ``out/<name>``."""
+    return launch([*job_overrides(name), *extra], out / name.replace("@", "_"))
 
 
 def table(rows: dict[str, dict]) -> str:

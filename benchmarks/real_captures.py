@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.quality import device_name, publish  # noqa: E402
+from benchmarks.quality import device_name, launch, publish  # noqa: E402
 from datasets.npz import load_npz_scene  # noqa: E402
 from models.cameras import align_poses  # noqa: E402
 from models.metrics import silhouette_iou  # noqa: E402
@@ -34,17 +34,6 @@ from models.metrics import silhouette_iou  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 TEST_VIEWS = [8, 13, 16, 21]
 BUDGET = ["trainer.max_time=00:00:20:00", "trainer.max_steps=3000"]
-
-
-def launch(overrides: list[str], run_dir: Path) -> dict:
-    """Run launch.py with ``overrides`` into ``run_dir``; its metrics.json with the wall time and command."""
-    started = time.time()
-    cmd = [sys.executable, "launch.py", *overrides, f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {**metrics, "wall_s": round(time.time() - started, 1), "command": "python launch.py " + " ".join(overrides)}
 
 
 def aligned_iou(run_dir: Path, scene_dir: Path, reference_dir: Path, downscale: int = 2) -> dict[str, float]:
