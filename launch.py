@@ -35,9 +35,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from datasets.errors import InputError
-from systems.config import check_sections, check_targets, register_configs
+from datasets.scene import Scene
+from datasets.sequence import Sequence
+from models.cameras import FixedCameras
+from systems.config import SequenceSettings, as_section, check_sections, check_targets, register_configs
 from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, resume_hint
 from systems.inspect import inspect_init, transfer
+from systems.sequence import moving_cameras, train_sequence
 from systems.video import render_videos
 from systems.run_dir import (HYDRA_ENTRIES, check_new_run_dir, find_checkpoint, folder_state, own_checkpoint, remove_created,
                              remove_temporaries)
@@ -224,9 +228,13 @@ def as_input_error(err: Exception) -> InputError:
     return cause
 
 
-def build_system(cfg: DictConfig, run_dir: Path, checkpoint: dict | None = None):
-    """The scene and system ``cfg`` describes, with the weights of ``checkpoint`` when given."""
-    scene = load_scene(cfg)
+def build_system(cfg: DictConfig, run_dir: Path, checkpoint: dict | None = None, scene: Scene | None = None):
+    """The system ``cfg`` describes on ``scene`` (None: the scene of ``cfg.dataset``), with the weights of
+    ``checkpoint`` when given."""
+    scene = load_scene(cfg) if scene is None else scene
+    if isinstance(scene, Sequence):
+        raise InputError("mode", f"mode={cfg.mode} is for single scenes; a sequence run (dataset.{cfg.dataset.name}) writes "
+                                 "its meshes, metrics and video as it trains, and resume=RUN continues it")
     # A scene's own noisy starting poses (IDR's cameras_linear_init.npz) go to cameras that take them.
     start = {"init_c2w": scene.init_c2w} if scene.init_c2w is not None and "use_init_file" in cfg.camera else {}
     try:
@@ -249,6 +257,44 @@ def load_run(path: str):
     return build_system(cfg, run_dir, load_checkpoint(ckpt)).eval()
 
 
+def outputs(cfg: DictConfig, run_dir: Path, mesh_path: Path) -> tuple[MeshExport, Evaluation]:
+    """The mesh export (to ``mesh_path``) and evaluation (``run_dir/metrics.json``) callbacks of ``cfg.export``, ``cfg.eval``."""
+    if cfg.export.target_faces is not None and cfg.export.target_faces < 4:
+        raise InputError("export.target_faces", f"must be at least 4 (a tetrahedron), got {cfg.export.target_faces}")
+    if cfg.export.texture and cfg.export.texture_size < 16:
+        raise InputError("export.texture_size", f"must be at least 16 texels, got {cfg.export.texture_size}")
+    export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors,
+                        cameras_path=run_dir / "cameras_refined.npz", target_faces=cfg.export.target_faces,
+                        texture_size=cfg.export.texture_size if cfg.export.texture else None)
+    evaluation = Evaluation(run_dir, mesh_path, cfg.eval.chamfer_points, cfg.eval.max_dist, cfg.eval.mask_dilation,
+                            protocol=cfg.eval.protocol, dtu_dir=cfg.eval.dtu_dir, scan=cfg.scan)
+    return export, evaluation
+
+
+def run_sequence(cfg: DictConfig, run_dir: Path, sequence: Sequence) -> dict:
+    """Train a dynamic scene frame by frame (systems/sequence.py); returns the summary of its per-frame metrics."""
+    if cfg.mode != "train":
+        raise InputError("mode", f"mode={cfg.mode} is for single scenes; a sequence run writes its meshes, metrics and video "
+                                 "as it trains, and resume=RUN continues it")
+
+    def make_system(scene: Scene, folder: Path):
+        system = build_system(cfg, folder, scene=scene)
+        if not isinstance(system.cameras, FixedCameras):
+            raise InputError("camera", "a sequence trains with calibrated cameras (camera=fixed)")
+        system.cameras = moving_cameras(system.cameras)
+        return system
+
+    def make_trainer(folder: Path, steps: int, callbacks: list, checkpoints: bool) -> pl.Trainer:
+        frame = cfg.copy()
+        frame.trainer.max_steps = steps
+        if not checkpoints:
+            frame.callbacks.checkpoint = None
+        return build_trainer(frame, folder, callbacks)
+
+    settings = as_section(SequenceSettings, OmegaConf.to_container(cfg.sequence))
+    return train_sequence(sequence, settings, run_dir, make_system, make_trainer, lambda folder, mesh: outputs(cfg, folder, mesh))
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Build the scene and system from ``cfg`` and do what ``cfg.mode`` says; returns the metrics."""
     if cfg.mode not in MODES:
@@ -259,6 +305,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             raise InputError("mode", "mode=transfer needs geometry_run=<run dir> and appearance_run=<run dir>")
         video = transfer(load_run(cfg.geometry_run), load_run(cfg.appearance_run), run_dir / "transfer")
         return {"video": str(video)}
+    data = load_scene(cfg)
+    if isinstance(data, Sequence):
+        return run_sequence(cfg, run_dir, data)
     ckpt = find_checkpoint(cfg.resume)[1] if cfg.resume else None
     if cfg.mode not in ("train", "inspect_init") and ckpt is None:
         raise InputError("mode", f"mode={cfg.mode} needs resume=<run dir or checkpoint>")
@@ -268,7 +317,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("resuming from %s", ckpt)
     # Training resumes through Lightning (optimiser and loops too); other modes need the weights only.
     checkpoint = load_checkpoint(ckpt) if ckpt is not None and cfg.mode != "train" else None
-    system = build_system(cfg, run_dir, checkpoint)
+    system = build_system(cfg, run_dir, checkpoint, scene=data)
     if cfg.mode == "inspect_init":
         return {"inspect": [str(p) for p in inspect_init(system, run_dir / "inspect")]}
     if cfg.mode == "video":
@@ -277,20 +326,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return {"step": int(checkpoint["global_step"]), "video": [str(p) for p in videos]}
 
     mesh_path = run_dir / "meshes" / cfg.export.filename
-    if cfg.export.target_faces is not None and cfg.export.target_faces < 4:
-        raise InputError("export.target_faces", f"must be at least 4 (a tetrahedron), got {cfg.export.target_faces}")
-    if cfg.export.texture and cfg.export.texture_size < 16:
-        raise InputError("export.texture_size", f"must be at least 16 texels, got {cfg.export.texture_size}")
-    export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors,
-                        cameras_path=run_dir / "cameras_refined.npz", target_faces=cfg.export.target_faces,
-                        texture_size=cfg.export.texture_size if cfg.export.texture else None)
+    export, evaluation = outputs(cfg, run_dir, mesh_path)
     if cfg.mode == "export":
         export.export(system)
         return {"step": int(checkpoint["global_step"]), "mesh": str(mesh_path)}
 
     started = time.time()
-    evaluation = Evaluation(run_dir, mesh_path, cfg.eval.chamfer_points, cfg.eval.max_dist, cfg.eval.mask_dilation,
-                            protocol=cfg.eval.protocol, dtu_dir=cfg.eval.dtu_dir, scan=cfg.scan)
     callbacks = [evaluation] if cfg.mode == "eval" and mesh_path.exists() else [export, evaluation]
     trainer = build_trainer(cfg, run_dir, callbacks)
     if cfg.mode == "train":
@@ -360,7 +401,7 @@ def main(cfg: DictConfig) -> float | None:
             raise InputError("trainer.devices", "a -m sweep runs each job on one device (DDP re-runs the command line)")
         metrics = run(cfg, run_dir)
     except InputError as err:
-        if fresh and not before and not child and not (run_dir / "checkpoints").exists():
+        if fresh and not before and not child and not any((run_dir / name).exists() for name in ("checkpoints", "frames")):
             remove_created(run_dir, set(), remove_folder=not RUN_DIR_EXISTED)
         fail(f"error: {err}", 2)
         return objective_value(cfg, None)

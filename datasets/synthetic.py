@@ -12,6 +12,9 @@ procedural albedo:
 Views are rendered by sphere tracing (Hart, "Sphere tracing", The Visual Computer 1996) with 2x2
 supersampling; the ground-truth mesh is extracted with marching cubes (Lorensen & Cline, SIGGRAPH 1987).
 The world frame is DTU-like (millimetres): ``world = scale_mat @ normalised``.
+
+``generate_sequence`` renders a dynamic scene for frame-by-frame training (see datasets.sequence): one of these
+objects, scaled, twisted (non-rigid) and moved rigidly from frame to frame in front of fixed cameras.
 """
 from __future__ import annotations
 
@@ -35,9 +38,11 @@ from PIL import Image
 from datasets.errors import InputError
 from datasets.npz import load_npz_scene
 from datasets.scene import Scene
+from datasets.sequence import SEQUENCE_FILE, Sequence, load_sequence
 from models.rays import image_rays, intersect_sphere
 
 FORMAT_VERSION = 2
+SEQUENCE_FORMAT_VERSION = 1
 DEFAULT_SHAPE = "sphere_torus"
 SPHERE_CENTRE, SPHERE_RADIUS = (0.0, 0.0, 0.15), 0.40
 TORUS_CENTRE, TORUS_RADII = (0.0, 0.0, -0.12), (0.50, 0.16)  # major radius around z, tube radius
@@ -61,6 +66,9 @@ MESH_RESOLUTION = 256
 SUPERSAMPLE = 2
 BOUND_RADIUS = 0.7  # every shape lies inside this sphere (max radius 0.675, sphere_torus): rays start on it
 _HIT_EPS, _GRAZE_EPS, _MAX_STEPS = 1e-4, 1e-3, 100
+# moving sequences: the translation path's plane (see sequence_motions)
+SEQUENCE_PATH = ((1.0, 0.0, 0.0), (0.0, 0.6, 0.8))
+Field = Callable[[torch.Tensor], torch.Tensor]  # a function of (P, 3) normalised points: an SDF or an albedo
 
 
 def _rotation(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
@@ -187,6 +195,7 @@ SHAPES = {  # name: (SDF, albedo), both of normalised points
     "handle": (_handle_sdf, _handle_albedo),
     "bowl": (_bowl_sdf, _bowl_albedo),
 }
+SHAPE_RADII = {"sphere_torus": 0.675, "box_ellipsoid": 0.625, "handle": 0.62, "bowl": 0.645}  # bounds of |p| on each
 
 
 def _check_shape(shape: str) -> None:
@@ -207,16 +216,14 @@ def albedo(points: torch.Tensor, shape: str = DEFAULT_SHAPE) -> torch.Tensor:
     return SHAPES[shape][1](points)
 
 
-def _normals(sdf: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor, h: float = 1e-3) -> torch.Tensor:
+def _normals(sdf: Field, points: torch.Tensor, h: float = 1e-3) -> torch.Tensor:
     """Unit SDF gradients (P, 3) by central differences."""
     offsets = torch.eye(3, dtype=points.dtype) * h
     grad = torch.stack([sdf(points + o) - sdf(points - o) for o in offsets], dim=-1)
     return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _sphere_trace(
-    sdf: Callable[[torch.Tensor], torch.Tensor], origins: torch.Tensor, dirs: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _sphere_trace(sdf: Field, origins: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """March (R, 3) rays from their bounding-sphere entry; returns hit distances (R,) and hit flags (R,).
 
     Rays still marching after the step budget graze the silhouette; they count as hits when within _GRAZE_EPS.
@@ -234,9 +241,10 @@ def _sphere_trace(
     return t, (dist < _GRAZE_EPS) & (t <= far)
 
 
-def _render(K: np.ndarray, c2w: np.ndarray, width: int, height: int, shape: str) -> tuple[np.ndarray, np.ndarray]:
-    """One view: (H, W, 3) shaded colour on black and (H, W) coverage, both averaged over 2x2 subpixels."""
-    sdf, colours = SHAPES[shape]
+def _render(K: np.ndarray, c2w: np.ndarray, width: int, height: int, sdf: Field, colours: Field
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """One view of the surface of ``sdf`` (P, 3) -> (P,) (a distance lower bound) with albedo ``colours``
+    (P, 3) -> (P, 3): (H, W, 3) shaded colour on black and (H, W) coverage, both averaged over 2x2 subpixels."""
     s = SUPERSAMPLE
     K_sub = K.copy()
     K_sub[:2] *= s  # subpixel grid: pixel u spans subpixels [s u, s u + s)
@@ -279,12 +287,11 @@ def camera_rig(n_views: int, width: int, height: int) -> tuple[np.ndarray, np.nd
     return K, np.stack([_look_at(CAMERA_DISTANCE * d) for d in dirs])
 
 
-def _gt_mesh(scale_mat: np.ndarray, shape: str) -> trimesh.Trimesh:
-    """Marching-cubes mesh of the shape's SDF on a grid over [-1, 1]^3, outward faces, world coordinates."""
+def _gt_mesh(scale_mat: np.ndarray, sdf: Field) -> trimesh.Trimesh:
+    """Marching-cubes mesh of ``sdf`` (P, 3) -> (P,) on a grid over [-1, 1]^3, outward faces, world coordinates."""
     n = MESH_RESOLUTION
     axis = torch.linspace(-1.0, 1.0, n)
     yz = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(1, -1, 2)
-    sdf = SHAPES[shape][0]
     volume = np.concatenate([  # 16 x-slices at a time keeps memory small
         sdf(torch.cat([xs[:, None, None].expand(-1, n * n, 1), yz.expand(len(xs), -1, -1)], -1).reshape(-1, 3))
         .reshape(-1, n, n).numpy()
@@ -304,8 +311,9 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             archive.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue())
 
 
-def _write_scene(folder: Path, params: dict, shape: str) -> None:
-    """Render every view and write the NeuS-layout files into an existing empty ``folder``."""
+def _write_scene(folder: Path, params: dict, sdf: Field, colours: Field) -> None:
+    """Render every view of the object (``sdf``, albedo ``colours``; see _render) and write the NeuS-layout files
+    into an existing empty ``folder``."""
     K, c2ws = camera_rig(params["n_views"], params["width"], params["height"])
     scale_mat = np.diag([params["world_scale"]] * 3 + [1.0])
     scale_mat[:3, 3] = WORLD_TRANSLATION
@@ -313,7 +321,7 @@ def _write_scene(folder: Path, params: dict, shape: str) -> None:
     (folder / "mask").mkdir()
     cameras = {}
     for i, c2w in enumerate(c2ws):
-        colour, coverage = _render(K, c2w, params["width"], params["height"], shape)
+        colour, coverage = _render(K, c2w, params["width"], params["height"], sdf, colours)
         Image.fromarray(np.round(colour * 255.0).clip(0, 255).astype(np.uint8)).save(folder / "image" / f"{i:03d}.png")
         Image.fromarray(np.where(coverage > 0.5, 255, 0).astype(np.uint8)).save(folder / "mask" / f"{i:03d}.png")
         world_mat = np.eye(4)
@@ -322,34 +330,35 @@ def _write_scene(folder: Path, params: dict, shape: str) -> None:
         cameras |= {f"world_mat_{i}": world_mat, f"world_mat_inv_{i}": np.linalg.inv(world_mat),
                     f"scale_mat_{i}": scale_mat, f"scale_mat_inv_{i}": np.linalg.inv(scale_mat)}
     _save_npz(folder / "cameras_sphere.npz", cameras)
-    _gt_mesh(scale_mat, shape).export(folder / "gt_mesh.ply")
+    _gt_mesh(scale_mat, sdf).export(folder / "gt_mesh.ply")
     (folder / "scene.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
 
 
-def _generate(out_dir: Path, n_views: int, width: int, height: int, world_scale: float, shape: str) -> None:
-    """Write the scene to a temporary sibling folder, then rename it to ``out_dir`` (never a half scene).
-
-    If ``out_dir`` appears meanwhile (a concurrent generation), it is kept: generation is deterministic.
-    """
+def _scene_params(n_views: int, width: int, height: int, world_scale: float, shape: str) -> dict:
+    """Check a scene's parameters (InputError naming dataset.KEY); returns what its scene.json records of them."""
     for key, value, low in (("n_views", n_views, 1), ("width", width, 8), ("height", height, 8)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InputError(f"dataset.{key}", f"must be an integer >= {low}, got {value!r}")
     if not world_scale > 0:
         raise InputError("dataset.world_scale", f"must be > 0, got {world_scale!r}")
     _check_shape(shape)
-    # The default shape keeps its original entries (and scene.json bytes); the others record their name.
-    geometry = ({"sphere": [SPHERE_CENTRE, SPHERE_RADIUS], "torus": [TORUS_CENTRE, TORUS_RADII], "blend": BLEND}
-                if shape == DEFAULT_SHAPE else {"shape": shape})
-    params = {"format_version": FORMAT_VERSION, "n_views": n_views, "width": width, "height": height,
-              "world_scale": float(world_scale), "world_translation": WORLD_TRANSLATION,
-              "camera_distance": CAMERA_DISTANCE, "fov_y_deg": FOV_Y_DEG, "elevations_deg": ELEVATIONS_DEG,
-              "light_dir": LIGHT_DIR, "supersample": SUPERSAMPLE, "mesh_resolution": MESH_RESOLUTION, **geometry}
+    return {"format_version": FORMAT_VERSION, "n_views": n_views, "width": width, "height": height,
+            "world_scale": float(world_scale), "world_translation": WORLD_TRANSLATION,
+            "camera_distance": CAMERA_DISTANCE, "fov_y_deg": FOV_Y_DEG, "elevations_deg": ELEVATIONS_DEG,
+            "light_dir": LIGHT_DIR, "supersample": SUPERSAMPLE, "mesh_resolution": MESH_RESOLUTION}
+
+
+def _write_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
+    """Let ``write`` fill a temporary sibling folder, then rename it to ``out_dir`` (never a half scene).
+
+    If ``out_dir`` appears meanwhile (a concurrent generation), it is kept: generation is deterministic.
+    """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # many small kernels: one thread is faster, and several thrash on a busy CPU
     try:
-        _write_scene(tmp, params, shape)
+        write(tmp)
         try:
             os.rename(tmp, out_dir)
         except OSError:
@@ -358,6 +367,15 @@ def _generate(out_dir: Path, n_views: int, width: int, height: int, world_scale:
     finally:
         torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _generate(out_dir: Path, n_views: int, width: int, height: int, world_scale: float, shape: str) -> None:
+    """Write the static scene of ``shape`` to ``out_dir`` atomically (see _write_atomically)."""
+    params = _scene_params(n_views, width, height, world_scale, shape)
+    # The default shape keeps its original entries (and scene.json bytes); the others record their name.
+    params |= ({"sphere": [SPHERE_CENTRE, SPHERE_RADIUS], "torus": [TORUS_CENTRE, TORUS_RADII], "blend": BLEND}
+               if shape == DEFAULT_SHAPE else {"shape": shape})
+    _write_atomically(out_dir, lambda folder: _write_scene(folder, params, *SHAPES[shape]))
 
 
 def generate_scene(
@@ -404,3 +422,128 @@ def load_synthetic_scene(
         _generate(folder, n_views, width, height, world_scale, shape)
     return load_npz_scene(str(folder), test_views=test_views, test_every=test_every,
                           gt_path=str(folder / "gt_mesh.ply"), name=scene_name(shape), use_masks=use_masks)
+
+
+def sequence_motions(n_frames: int, rotation_deg: float, translation: float) -> np.ndarray:
+    """(F, 4, 4) rigid object-to-world motions of the synthetic sequence, in the normalised frame.
+
+    Frame i turns about the world z axis by ``rotation_deg * i`` degrees and moves along a half circle from the
+    origin to ``translation * e1``: t = (translation / 2) ((1 - cos pi s) e1 + sin pi s e2) with s = i / (F - 1)
+    and e1, e2 = SEQUENCE_PATH, so |t| = translation sin(pi s / 2) <= translation. Frame 0 is the identity.
+    """
+    s = np.arange(n_frames) / max(n_frames - 1, 1)
+    e1, e2 = (np.asarray(e, dtype=np.float64) for e in SEQUENCE_PATH)
+    motions = np.tile(np.eye(4), (n_frames, 1, 1))
+    for i in range(n_frames):
+        motions[i, :3, :3] = _rotation((0.0, 0.0, 1.0), rotation_deg * i)
+        motions[i, :3, 3] = 0.5 * translation * ((1.0 - math.cos(math.pi * s[i])) * e1 + math.sin(math.pi * s[i]) * e2)
+    return motions
+
+
+def _moving_object(shape: str, size: float, motion: np.ndarray, rate: float, reach: float) -> tuple[Field, Field]:
+    """(SDF, albedo) of one frame: ``shape`` scaled by ``size``, twisted about its z axis by ``rate * z`` radians,
+    then moved by ``motion`` (4, 4); the albedo is the shape's at the canonical (untwisted, unmoved) point.
+
+    The twist's Jacobian is a rotation times a shear of magnitude a = |rate| rho (rho: the distance to the z axis),
+    whose largest singular value is a / 2 + sqrt(1 + a^2 / 4) (more than sqrt(1 + a^2)). The SDF is divided by
+    it at rho = ``reach``, a bound of |p - t| wherever the tracer evaluates it, so it stays a distance lower bound.
+    """
+    sdf, colours = SHAPES[shape]
+    a = abs(rate) * reach
+    lipschitz = 0.5 * a + math.sqrt(1.0 + 0.25 * a * a)
+
+    def canonical(points: torch.Tensor) -> torch.Tensor:
+        """(P, 3) normalised points -> (P, 3) points of the unscaled shape."""
+        local = (points - points.new_tensor(motion[:3, 3])) @ points.new_tensor(motion[:3, :3])  # R^T (p - t)
+        angle = -rate * local[:, 2]
+        cos, sin = angle.cos(), angle.sin()
+        x, y, z = local.unbind(-1)
+        return torch.stack([cos * x - sin * y, sin * x + cos * y, z], dim=-1) / size
+
+    return (lambda points: sdf(canonical(points)) * (size / lipschitz)), (lambda points: colours(canonical(points)))
+
+
+def _sequence_params(n_frames: int, n_views: int, width: int, height: int, world_scale: float, shape: str,
+                     size: float, rotation_deg: float, translation: float, twist: float) -> dict:
+    """Check a sequence's parameters (InputError naming dataset.KEY); returns what its sequence.json records."""
+    params = _scene_params(n_views, width, height, world_scale, shape)
+    if isinstance(n_frames, bool) or not isinstance(n_frames, int) or n_frames < 1:
+        raise InputError("dataset.n_frames", f"must be an integer >= 1, got {n_frames!r}")
+    for key, value in (("size", size), ("rotation_deg", rotation_deg), ("translation", translation), ("twist", twist)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"dataset.{key}", f"must be a finite number, got {value!r}")
+    if size <= 0:
+        raise InputError("dataset.size", f"must be > 0, got {size!r}")
+    if translation < 0:
+        raise InputError("dataset.translation", f"must be >= 0, got {translation!r}")
+    reach = SHAPE_RADII[shape] * size + translation
+    if reach > BOUND_RADIUS:
+        raise InputError("dataset.size", f"the moving object reaches radius {reach:.3f} (shape radius "
+                                         f"{SHAPE_RADII[shape]} * size {size} + translation {translation}), beyond "
+                                         f"the bounding sphere's {BOUND_RADIUS}: reduce dataset.size or dataset.translation")
+    return params | {"sequence_format_version": SEQUENCE_FORMAT_VERSION, "shape": shape, "n_frames": n_frames,
+                     "size": float(size), "rotation_deg": float(rotation_deg), "translation": float(translation),
+                     "twist": float(twist), "path": SEQUENCE_PATH}
+
+
+def _generate_sequence(out_dir: Path, n_frames: int, n_views: int, width: int, height: int, world_scale: float,
+                       shape: str, size: float, rotation_deg: float, translation: float, twist: float) -> None:
+    """Write the sequence to ``out_dir`` atomically (see _write_atomically and generate_sequence)."""
+    params = _sequence_params(n_frames, n_views, width, height, world_scale, shape, size, rotation_deg, translation,
+                              twist)
+    motions = sequence_motions(n_frames, rotation_deg, translation)
+    rates = [twist * math.sin(2.0 * math.pi * i / n_frames) for i in range(n_frames)]
+
+    def write(folder: Path) -> None:
+        for i in range(n_frames):
+            frame = folder / f"frame_{i:04d}"
+            frame.mkdir()
+            fields = _moving_object(shape, size, motions[i], rates[i], BOUND_RADIUS + translation)
+            _write_scene(frame, params | {"frame": i, "twist_rate": rates[i]}, *fields)
+        meta = params | {"twist_rates": rates, "motions": motions.tolist()}
+        (folder / SEQUENCE_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    _write_atomically(out_dir, write)
+
+
+def generate_sequence(
+    out_dir: str, n_frames: int = 20, n_views: int = 24, width: int = 160, height: int = 120,
+    world_scale: float = 100.0, shape: str = "box_ellipsoid", size: float = 0.8, rotation_deg: float = 3.0,
+    translation: float = 0.1, twist: float = 0.5,
+) -> str:
+    """Render a moving, deforming object into a new folder ``out_dir``: ``frame_NNNN/`` per frame, NeuS layout with
+    its own gt_mesh.ply, all with the same cameras (camera_rig) and scale_mat, and ``sequence.json``.
+
+    Frame i is ``shape`` scaled by ``size``, twisted about its own z axis by ``twist sin(2 pi i / n_frames) z``
+    radians (the non-rigid part; none in frame 0), then moved rigidly by ``sequence_motions``; its texture moves
+    with the surface. sequence.json holds the parameters, ``motions`` (F, 4, 4) and ``twist_rates`` (F,).
+    """
+    if Path(out_dir).exists():
+        raise InputError(str(out_dir), "already exists; generate_sequence writes a new folder")
+    _generate_sequence(Path(out_dir), n_frames, n_views, width, height, world_scale, shape, size, rotation_deg,
+                       translation, twist)
+    return str(out_dir)
+
+
+def sequence_cache_folder(cache_dir: str, n_frames: int, n_views: int, width: int, height: int, world_scale: float,
+                          shape: str, size: float, rotation_deg: float, translation: float, twist: float) -> Path:
+    """``cache_dir/sequence_<shape>_<hash>``, the hash covering every parameter and both format versions."""
+    key = [SEQUENCE_FORMAT_VERSION, FORMAT_VERSION, n_frames, n_views, width, height, float(world_scale), shape,
+           float(size), float(rotation_deg), float(translation), float(twist)]
+    return Path(cache_dir) / f"sequence_{shape}_{hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]}"
+
+
+def load_synthetic_sequence(
+    cache_dir: str, n_frames: int = 20, n_views: int = 24, width: int = 160, height: int = 120,
+    world_scale: float = 100.0, shape: str = "box_ellipsoid", test_every: int = 8, test_views: list[int] | None = None,
+    use_masks: bool = True, frames: list[int] | None = None, size: float = 0.8, rotation_deg: float = 3.0,
+    translation: float = 0.1, twist: float = 0.5,
+) -> Sequence:
+    """The synthetic sequence (see generate_sequence), generated into ``cache_dir`` on first use; ``frames``: the
+    frame indices to keep (None: all)."""
+    args = (n_frames, n_views, width, height, world_scale, shape, size, rotation_deg, translation, twist)
+    folder = sequence_cache_folder(cache_dir, *args)
+    if not folder.is_dir():
+        _generate_sequence(folder, *args)
+    return load_sequence(str(folder), frames=frames, test_views=test_views, test_every=test_every,
+                         use_masks=use_masks, name=f"sequence_{shape}")

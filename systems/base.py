@@ -25,6 +25,7 @@ from models.background import BackgroundField
 from models.cameras import Similarity, TrainableCameras, pose_errors
 from models.mesh import decimate, extract_mesh, largest_component
 from models.metrics import psnr, silhouette_iou
+from models.motion import RigidMotion
 from models.rays import RayBundle, image_rays, pixel_rays
 from models.samplers import OccupancyGrid
 from models.texture import bake_texture
@@ -83,6 +84,12 @@ class BaseSystem(pl.LightningModule):
         self.test_metrics: list[dict[str, float]] = []  # per held-out view, after the test epoch (rank 0)
         self.test_outputs: list[tuple[int, dict[str, float], dict[str, np.ndarray]]] = []  # (view, metrics, images) of this rank
         self.register_buffer("train_ids", torch.tensor(scene.train_ids), persistent=False)
+        self.step_offset = 0  # steps trained before this fit (earlier frames of a sequence): schedules see them too
+
+    @property
+    def schedule_step(self) -> int:
+        """The step that schedules (loss weights, ``update_step`` hooks) see: the trainer's plus ``step_offset``."""
+        return self.global_step + self.step_offset
 
     # ----------------------------------------------------------------- data
     def _scene_to_device(self) -> None:
@@ -152,8 +159,9 @@ class BaseSystem(pl.LightningModule):
     # ----------------------------------------------------------- optimisation
     def param_groups(self) -> list[dict[str, Any]]:
         """Adam groups with their own learning rates: encoder, geometry MLP, texture, camera (trainable
-        poses, ``lr_camera``), everything else (learned background) as ``other``, and with
-        ``background=nerf`` the background field (``lr_background``). Subclasses add their own."""
+        poses, ``lr_camera``), everything else (learned background) as ``other``, with
+        ``background=nerf`` the background field (``lr_background``), and for a sequence the object's
+        rigid motion (``motion``, ``lr_motion``). Subclasses add their own."""
         o = self.optim
         geometry = self.model.geometry
         encoder_ids = {id(p) for p in geometry.encoder.parameters()}
@@ -162,11 +170,13 @@ class BaseSystem(pl.LightningModule):
             {"name": "encoder", "params": list(geometry.encoder.parameters()), "lr": o.group_lr("encoder")},
             {"name": "geometry", "params": [p for p in geometry.parameters() if id(p) not in encoder_ids], "lr": o.group_lr("geometry")},
             {"name": "texture", "params": list(self.model.texture.parameters()), "lr": o.group_lr("texture")},
-            {"name": "camera", "params": list(self.cameras.parameters()), "lr": o.lr_camera},
+            {"name": "camera", "params": [p for n, p in self.cameras.named_parameters() if not n.startswith("motion.")], "lr": o.lr_camera},
             {"name": "other", "params": [p for n, p in self.named_parameters() if not n.startswith(own)], "lr": o.lr},
         ]
         if self.background_field is not None:
             groups.append({"name": "background", "params": list(self.background_field.parameters()), "lr": o.group_lr("background")})
+        if isinstance(getattr(self.cameras, "motion", None), RigidMotion):
+            groups.append({"name": "motion", "params": list(self.cameras.motion.parameters()), "lr": o.lr_motion})
         return groups
 
     def eikonal_loss(self, sample_grad: torch.Tensor, n_uniform: int) -> torch.Tensor:
@@ -177,8 +187,10 @@ class BaseSystem(pl.LightningModule):
         return ((grads.norm(dim=-1) - 1.0) ** 2).mean()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """``system.optimizer`` on the non-empty :meth:`param_groups`, ``system.scheduler`` stepped every step."""
-        optimizer = self.make_optimizer([g for g in self.param_groups() if g["params"]])
+        """``system.optimizer`` on the trainable parameters of :meth:`param_groups` (groups left empty are
+        dropped), ``system.scheduler`` stepped every step."""
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in self.param_groups()]
+        optimizer = self.make_optimizer([g for g in groups if g["params"]])
         scheduler = self.make_scheduler(optimizer, self.optim, self.trainer.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -310,7 +322,11 @@ class BaseSystem(pl.LightningModule):
     def to_world(self, points: np.ndarray) -> np.ndarray:
         """Normalised (P, 3) -> the dataset's original world frame (through scale_mat). With trainable
         cameras the points are first aligned from the learned frame to the reference one, so meshes
-        compare with those of fixed-camera runs."""
+        compare with those of fixed-camera runs; a sequence frame's are first moved by the object's motion."""
+        motion = getattr(self.cameras, "motion", None)
+        if isinstance(motion, RigidMotion):
+            with torch.no_grad():
+                points = motion.to_world(torch.from_numpy(points)).numpy()
         sim = self.frame_alignment()
         if sim is not None:
             points = sim.points(torch.from_numpy(points).to(sim.rotation)).double().cpu().numpy()

@@ -52,6 +52,7 @@ class Optim:
     lr_variance: float | None = None  # NeuS's inverse variance; None: lr
     lr_background: float | None = None  # the background field (system.background=nerf); None: lr
     lr_camera: float = 1.5e-3         # camera=trainable: preconditioned pose residuals (about radians)
+    lr_motion: float = 1e-2           # a sequence's per-frame rigid object motion (radians, normalised units); no warm-up
     camera_warmup_steps: int = 50     # cameras wait this many steps, then ramp up as long
     camera_decay_steps: int | None = 3000  # the camera rate reaches final_lr_ratio by this step at the latest, then
     #                                        decays on (longer NeuS runs drift otherwise); None: follow the run
@@ -298,6 +299,17 @@ class Eval:
 
 
 @dataclass
+class SequenceSettings:
+    """``sequence``: how a dynamic scene (dataset=sequence, dataset=synthetic_sequence) is trained frame by
+    frame (systems/sequence.py); NeuS2's step counts are the defaults."""
+    first_frame_steps: int = 2000
+    next_frame_steps: int = 1300
+    global_motion_steps: int = 300  # before each next frame's field: fit only the object's rigid motion (0: off)
+    warm_start: bool = True         # false: the baseline, every frame from scratch for first_frame_steps
+    fps: int = 5                    # of video/sequence.mp4
+
+
+@dataclass
 class Config:
     """The top level (configs/config.yaml chooses the groups)."""
 
@@ -324,6 +336,7 @@ class Config:
     export: Export = field(default_factory=Export)
     eval: Eval = field(default_factory=Eval)
     video: Video = field(default_factory=Video)
+    sequence: SequenceSettings = field(default_factory=SequenceSettings)
 
 
 def register_configs() -> None:

@@ -62,7 +62,7 @@ class IDRSystem(BaseSystem):
         return self.model.render(rays, None, background, create_graph=False)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        step = self.global_step
+        step = self.schedule_step
         n = self.n_rays
         rays, target, mask, bg = self.sample_rays(n)
         in_mask = mask > 0.5 if mask is not None else None

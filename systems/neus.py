@@ -68,7 +68,7 @@ class NeuSSystem(BaseSystem):
         return self.model.render(rays, background, self.cos_anneal_ratio(), stratified=False, create_graph=False)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        step = self.global_step
+        step = self.schedule_step
         n = int(self.n_rays)
         rays, target, mask, bg = self.sample_rays(n)
         w = self.loss_cfg.weights(step)

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 HYDRA_ENTRIES = frozenset({".hydra", "launch.log"})
 # What a run writes once it has started: its presence makes a folder a run with results.
 RESULT_ENTRIES = frozenset({"checkpoints", "meshes", "metrics.json", "renders", "cameras_refined.npz", "tensorboard", "transfer",
-                            "inspect", "video"})
+                            "inspect", "video", "frames", "frames.csv"})
 
 
 def folder_state(path: Path) -> str:
@@ -92,16 +92,28 @@ def find_checkpoint(path: str) -> tuple[Path, Path]:
         ckpt = None
     if not (run_dir / ".hydra" / "config.yaml").is_file():
         raise InputError(run_dir, "not a run directory of launch.py (no .hydra/config.yaml); resume takes a run directory or a checkpoint in one")
-    return run_dir, ckpt or newest_checkpoint(run_dir / "checkpoints")
+    return run_dir, ckpt or run_checkpoint(run_dir)
+
+
+def run_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint that loads of a run directory: in ``checkpoints/``, or for a sequence run
+    (``frames/frame_XXXX/checkpoints/``) in its latest frame that has one."""
+    if not (run_dir / "checkpoints").is_dir() and (run_dir / "frames").is_dir():
+        for folder in sorted((run_dir / "frames").glob("*/checkpoints"), reverse=True):
+            try:
+                return newest_checkpoint(folder)
+            except InputError:
+                continue
+    return newest_checkpoint(run_dir / "checkpoints")
 
 
 def own_checkpoint(run_dir: Path) -> str | None:
     """``resume=auto``: ``run_dir`` itself when it is a run of ours with a checkpoint that loads (a
     requeued or re-run job continues there), None when it has none yet (the job starts afresh)."""
-    if folder_state(run_dir) != "run" or not (run_dir / "checkpoints").is_dir():
+    if folder_state(run_dir) != "run":
         return None
     try:
-        newest_checkpoint(run_dir / "checkpoints")
+        run_checkpoint(run_dir)
     except InputError:
         return None
     return str(run_dir)

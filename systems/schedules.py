@@ -45,7 +45,8 @@ def warmup_decay(optimizer: torch.optim.Optimizer, optim: Optim, max_steps: int)
     its rate per step: :func:`decay_factor` with ``optim.warmup_steps`` and a horizon of ``optim.decay_steps``
     (None: ``max_steps``). The group named ``camera`` waits ``camera_warmup_steps`` steps (the scene
     settles first), ramps up as long, reaches ``final_lr_ratio`` by ``camera_decay_steps`` at the latest
-    and keeps decaying past it (long runs drift when it stays high late: docs/BENCHMARKS.md)."""
+    and keeps decaying past it (long runs drift when it stays high late: docs/BENCHMARKS.md). The group named
+    ``motion`` (a sequence frame's rigid motion, fitted in a short phase of its own) has no warm-up."""
     warmup, ratio, camera_warmup = optim.warmup_steps, optim.final_lr_ratio, optim.camera_warmup_steps
     horizon = optim.decay_steps or max(max_steps, warmup + 1)
     camera_horizon = min(horizon, optim.camera_decay_steps or horizon)
@@ -57,5 +58,9 @@ def warmup_decay(optimizer: torch.optim.Optimizer, optim: Optim, max_steps: int)
         ramp = min(max(step - camera_warmup, 0) / max(camera_warmup, 1), 1.0) if camera_warmup else 1.0
         return ramp * decay_factor(step, warmup, camera_horizon, ratio, hold=False)
 
-    lambdas = [camera_factor if group.get("name") == "camera" else factor for group in optimizer.param_groups]
+    def motion_factor(step: int) -> float:
+        return decay_factor(step, 0, horizon, ratio)
+
+    special = {"camera": camera_factor, "motion": motion_factor}
+    lambdas = [special.get(group.get("name"), factor) for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

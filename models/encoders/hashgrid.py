@@ -37,7 +37,7 @@ class HashGridEncoder(ProgressiveLevels):
     derivative of the encoding from the same 8 corner lookups, so SDF normals need no double
     backward through the gather.
 
-    ``compile`` wraps the Jacobian path in ``torch.compile`` (dynamic shapes): about 1.5-2x faster
+    ``compile`` wraps the Jacobian path in ``torch.compile`` (dynamic shapes; :meth:`compile_jacobian`): about 1.5-2x faster
     on the CPU after a one-off compilation of 10-60 s (cached by PyTorch across runs).
 
     Progressive activation (``ProgressiveLevels``): ``start_level`` levels are active at step 0 and
@@ -90,7 +90,7 @@ class HashGridEncoder(ProgressiveLevels):
         ), persistent=False)
         self.register_buffer("primes", torch.tensor(_PRIMES, dtype=torch.int64), persistent=False)
         self.table = nn.Parameter(torch.empty(sum(sizes), n_features).uniform_(-init_scale, init_scale))
-        self._jacobian_impl = torch.compile(self._encode_with_jacobian, dynamic=True) if compile else self._encode_with_jacobian
+        self.compile_jacobian(compile)
 
     def _corners(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Table rows of the 8 cell corners (N, L, 8), per-axis linear weights (N, L, 3, 2) and
@@ -144,7 +144,7 @@ class HashGridEncoder(ProgressiveLevels):
         lookups. Absent (AttributeError) on the tcnn backend, so fields use autograd there."""
         if self.backend == "tcnn":
             raise AttributeError("the tcnn backend has no analytic Jacobian")
-        return self._jacobian_impl
+        return self._jacobian
 
     def _encode_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx, w, dw = self._corners(x)

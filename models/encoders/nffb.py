@@ -37,7 +37,7 @@ class NFFBEncoder(ProgressiveLevels):
     J(h_l) = diag(cos(pre_l)) W_l J(h_{l-1}) + diag(cos(2 pi sigma_l B_l g_l)) 2 pi sigma_l B_l J(g_l),
     so SDF normals need no double backward. ``backend`` selects the grid's backend (see
     ``HashGridEncoder``); with tcnn there is no analytic Jacobian and fields use autograd.
-    ``compile`` wraps the Jacobian path in ``torch.compile``.
+    ``compile`` wraps the Jacobian path in ``torch.compile`` (:meth:`compile_jacobian`).
     """
 
     def __init__(
@@ -72,7 +72,7 @@ class NFFBEncoder(ProgressiveLevels):
         self.first = nn.Parameter(torch.empty(width, 3).uniform_(-1.0, 1.0))
         self.hidden = nn.Parameter(torch.empty(n_levels - 1, width, width).uniform_(-1.0, 1.0))
         self.bias = nn.Parameter(torch.empty(n_levels, width).uniform_(-math.pi, math.pi))
-        self._jacobian_impl = torch.compile(self._encode_with_jacobian, dynamic=True) if compile else self._encode_with_jacobian
+        self.compile_jacobian(compile)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._encode(x, jacobian=False)[0]
@@ -83,7 +83,7 @@ class NFFBEncoder(ProgressiveLevels):
         (AttributeError) when the grid has no analytic Jacobian (tcnn backend)."""
         if not hasattr(self.grid, "forward_with_jacobian"):
             raise AttributeError("the tcnn backend has no analytic Jacobian")
-        return self._jacobian_impl
+        return self._jacobian
 
     def _encode_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._encode(x, jacobian=True)

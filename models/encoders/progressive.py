@@ -1,7 +1,7 @@
 """Coarse-to-fine level activation shared by the multi-level encoders (hash grid, NFFB, style-modulated NFFB)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -38,6 +38,19 @@ class ProgressiveLevels(nn.Module):
         """Activate levels coarse to fine with the training step."""
         if self.steps_per_level > 0:
             self.set_active_levels(self.start_level + step // self.steps_per_level)
+
+    def compile_jacobian(self, compile: bool) -> None:
+        """With ``compile``, the subclass's Jacobian path ``_encode_with_jacobian`` runs through ``torch.compile``
+        (dynamic shapes) for inputs that need no gradient. Inputs that do (trainable cameras, a sequence's
+        object motion) take the eager path: there the compiled graph was 3-7x slower than eager on the CPU
+        (docs/BENCHMARKS.md, Dynamic scenes)."""
+        self._compiled_jacobian = torch.compile(self._encode_with_jacobian, dynamic=True) if compile else None
+
+    def _jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (N, 3) -> (encoding (N, D), Jacobian (N, D, 3))``, compiled or eager (:meth:`compile_jacobian`)."""
+        if self._compiled_jacobian is not None and not x.requires_grad:
+            return self._compiled_jacobian(x)
+        return self._encode_with_jacobian(x)
 
     @property
     def finest_active_resolution(self) -> float:

@@ -61,12 +61,10 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the generator's setting: many small kernels
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setitem(synthetic.SHAPES, "speckle", (synthetic.SHAPES[SHAPE][0], _speckle))
-            for i, pose in enumerate(c2w):
-                colour, coverage = synthetic._render(K, pose, WIDTH, HEIGHT, "speckle")
-                Image.fromarray(np.round(colour * 255).astype(np.uint8)).save(root / "image" / f"view{i:02d}.png")
-                Image.fromarray(np.where(coverage > 0.5, 255, 0).astype(np.uint8)).save(root / "mask" / f"view{i:02d}.png")
+        for i, pose in enumerate(c2w):
+            colour, coverage = synthetic._render(K, pose, WIDTH, HEIGHT, synthetic.SHAPES[SHAPE][0], _speckle)
+            Image.fromarray(np.round(colour * 255).astype(np.uint8)).save(root / "image" / f"view{i:02d}.png")
+            Image.fromarray(np.where(coverage > 0.5, 255, 0).astype(np.uint8)).save(root / "mask" / f"view{i:02d}.png")
     finally:
         torch.set_num_threads(threads)
     return root, torch.from_numpy(np.stack(c2w))

@@ -1,0 +1,217 @@
+"""Dynamic scenes trained frame by frame, as NeuS2 does (Wang et al., ICCV 2023): the first frame
+from scratch; every next frame warm-started from the previous one's weights, after a short phase
+that fits only the object's rigid motion since that frame (:class:`models.motion.RigidMotion`,
+accumulated over the frames and applied to the rays), so the field keeps one canonical frame and
+only learns what is not rigid.
+
+A sequence run directory holds ``frames/frame_XXXX/`` (each frame's checkpoints, metrics.json,
+held-out renders, TensorBoard), ``meshes/frame_XXXX.ply`` (world frame), ``frames.csv`` and
+``metrics.json`` (the per-frame table and its summary) and ``video/sequence.mp4``. A frame whose
+``metrics.json`` exists is done; a resumed run continues the first frame that is not, from its own
+newest checkpoint when it has one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from datasets.errors import InputError
+from datasets.scene import Scene
+from datasets.sequence import Sequence
+from models.cameras import rotation_angle_deg
+from models.motion import MovingObjectCameras, RigidMotion
+from systems.base import BaseSystem
+from systems.callbacks import Evaluation, MeshExport, write_json
+from systems.config import SequenceSettings
+from systems.mesh_io import atomic_write
+from systems.run_dir import newest_checkpoint, remove_temporaries
+from systems.video import write_video
+
+log = logging.getLogger(__name__)
+TABLE_KEYS = ("frame", "steps", "motion_steps", "train_time_s", "chamfer", "accuracy", "completeness", "psnr", "iou",
+              "motion_rotation_error_deg", "motion_translation_error")
+
+
+def frame_dir(run_dir: Path, i: int) -> Path:
+    """The folder of frame ``i`` in a sequence run directory."""
+    return run_dir / "frames" / f"frame_{i:04d}"
+
+
+def moving_cameras(cameras: torch.nn.Module) -> MovingObjectCameras:
+    """``cameras`` seen from the canonical frame of an object whose motion starts at the identity."""
+    return MovingObjectCameras(cameras, RigidMotion())
+
+
+def warm_start(system: BaseSystem, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load the previous frame's weights (``state_dict``) into ``system``, all but its cameras (each
+    frame has its own), and start its object motion where the previous frame's ended."""
+    own = {k: v for k, v in state_dict.items() if not k.startswith("cameras.")}
+    missing, unexpected = system.load_state_dict(own, strict=False)
+    missing = [k for k in missing if not k.startswith("cameras.")]
+    if missing or unexpected:
+        raise InputError("sequence", f"the previous frame's weights do not fit this frame's model (missing {missing[:3]}, "
+                                     f"unexpected {unexpected[:3]}); were the system or encoder changed mid-sequence?")
+    previous = RigidMotion()
+    previous.load_state_dict({k.removeprefix("cameras.motion."): v for k, v in state_dict.items() if k.startswith("cameras.motion.")})
+    motion = system.cameras.motion
+    with torch.no_grad():
+        motion.base.copy_(previous.matrix())
+        motion.rotation.zero_()
+        motion.translation.zero_()
+
+
+def set_trainable(system: BaseSystem, motion_only: bool) -> None:
+    """Train only the object's motion (``motion_only``), or everything but it."""
+    system.requires_grad_(not motion_only)
+    system.cameras.motion.requires_grad_(motion_only)
+
+
+def motion_errors(learned: torch.Tensor, truth: np.ndarray, first: np.ndarray) -> dict[str, float]:
+    """How far a learned object motion (4, 4), which starts at frame 0's pose, is from the true motion since
+    frame 0, ``truth @ inverse(first)`` (4, 4 each): rotation (degrees) and translation (normalised units)."""
+    true = torch.from_numpy(truth @ np.linalg.inv(first)).to(learned)
+    angle = rotation_angle_deg(learned[None, :3, :3], true[None, :3, :3])[0]
+    return {"motion_rotation_error_deg": float(angle), "motion_translation_error": float((learned[:3, 3] - true[:3, 3]).norm())}
+
+
+def slim_checkpoints(folder: Path) -> None:
+    """A finished frame keeps one checkpoint, ``last.ckpt``, without optimiser state (weights for the
+    next frame, re-export and evaluation): the step checkpoints of 20 frames would take gigabytes."""
+    last = folder / "last.ckpt"
+    if not last.is_file():
+        return
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    if checkpoint.pop("optimizer_states", None) is not None:
+        checkpoint.pop("lr_schedulers", None)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write(last, buffer.getvalue())
+    for path in folder.glob("*.ckpt"):
+        if path.name != "last.ckpt":
+            path.unlink()
+
+
+def video_frame(frame_folder: Path, view: int) -> np.ndarray | None:
+    """Held-out view ``view``'s render of a finished frame, RGB and normals side by side (H, 2W, 3), or None."""
+    paths = [frame_folder / "renders" / f"view{view:03d}_{key}.png" for key in ("rgb", "normal")]
+    if not all(p.is_file() for p in paths):
+        return None
+    return np.concatenate([iio.imread(p)[..., :3] for p in paths], axis=1)
+
+
+def write_table(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write ``frames.csv`` (one row per frame) and ``metrics.json`` (the rows and their summary); returns the latter."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[k for k in TABLE_KEYS if any(k in r for r in rows)], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(run_dir / "frames.csv", buffer.getvalue().encode())
+    summary: dict[str, Any] = {"n_frames": len(rows), "steps": sum(int(r["steps"]) + int(r.get("motion_steps", 0)) for r in rows),
+                               "train_time_s": round(sum(float(r.get("train_time_s", 0.0)) for r in rows), 1)}
+    for key in ("chamfer", "psnr", "iou"):
+        values = [float(r[key]) for r in rows if key in r]
+        if values:
+            summary |= {f"{key}_mean": float(np.mean(values)), f"{key}_max": float(np.max(values)), f"{key}_min": float(np.min(values))}
+    metrics = {**summary, "frames": rows}
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def train_sequence(
+    sequence: Sequence,
+    settings: SequenceSettings,
+    run_dir: Path,
+    make_system: Callable[[Scene, Path], BaseSystem],
+    make_trainer: Callable[[Path, int, list[pl.Callback], bool], pl.Trainer],
+    make_outputs: Callable[[Path, Path], tuple[MeshExport, Evaluation]],
+) -> dict[str, Any]:
+    """Train every frame of ``sequence`` in turn into ``run_dir`` (layout in the module docstring).
+
+    ``make_system(scene, frame_dir)`` builds a frame's system (its cameras a :class:`MovingObjectCameras`);
+    ``make_trainer(frame_dir, max_steps, callbacks, checkpoints)`` a Lightning trainer; ``make_outputs(frame_dir,
+    mesh_path)`` the mesh export and evaluation callbacks. Returns the summary written to ``metrics.json``.
+    """
+    for key in ("first_frame_steps", "next_frame_steps"):
+        if getattr(settings, key) < 1:
+            raise InputError(f"sequence.{key}", f"must be at least 1, got {getattr(settings, key)}")
+    if settings.global_motion_steps < 0:
+        raise InputError("sequence.global_motion_steps", f"must be >= 0, got {settings.global_motion_steps}")
+    rows: list[dict[str, Any]] = []
+    previous: Path | None = None  # the last checkpoint of the frame before
+    offset = 0  # steps trained by the frames this one continues (their schedules go on from there)
+    for i in range(len(sequence)):
+        folder = frame_dir(run_dir, i)
+        warm = settings.warm_start and i > 0
+        steps = settings.next_frame_steps if warm else settings.first_frame_steps
+        motion_steps = settings.global_motion_steps if warm else 0
+        done = folder / "metrics.json"
+        if not done.is_file():
+            rows.append(train_frame(sequence, i, folder, run_dir, steps, motion_steps, offset if warm else 0,
+                                    previous if warm else None, make_system, make_trainer, make_outputs))
+        else:
+            rows.append(json.loads(done.read_text()))
+            log.info("frame %d of %d: done before (%s)", i, len(sequence), done)
+        slim_checkpoints(folder / "checkpoints")
+        previous = folder / "checkpoints" / "last.ckpt"
+        offset = offset + steps if warm else steps
+        metrics = write_table(run_dir, rows)
+    frames = [f for f in (video_frame(frame_dir(run_dir, i), int(r["video_view"])) for i, r in enumerate(rows)
+                          if "video_view" in r) if f is not None]
+    if frames:
+        h, w = (s - s % 2 for s in frames[0].shape[:2])  # H.264 wants even sizes
+        metrics["video"] = str(write_video(run_dir / "video" / "sequence.mp4", np.stack([f[:h, :w] for f in frames]), settings.fps))
+        write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def train_frame(sequence: Sequence, i: int, folder: Path, run_dir: Path, steps: int, motion_steps: int, offset: int,
+                previous: Path | None, make_system: Callable[[Scene, Path], BaseSystem],
+                make_trainer: Callable[[Path, int, list[pl.Callback], bool], pl.Trainer],
+                make_outputs: Callable[[Path, Path], tuple[MeshExport, Evaluation]]) -> dict[str, Any]:
+    """Train, export and evaluate frame ``i`` into ``folder``: continued from its own newest checkpoint when it
+    has one, else warm-started from ``previous`` (a checkpoint; None: from scratch) after ``motion_steps`` steps
+    that fit only its rigid motion. Returns its row of the table (also its ``metrics.json``)."""
+    started = time.time()
+    scene = sequence.load(i)
+    system = make_system(scene, folder)
+    system.step_offset = offset
+    for stale in remove_temporaries(folder):
+        log.info("removed %s, left by an interrupted write", stale)
+    try:
+        resume = newest_checkpoint(folder / "checkpoints") if (folder / "checkpoints").is_dir() else None
+    except InputError:
+        resume = None
+    log.info("frame %d of %d: %s%s", i, len(sequence), "resuming from %s" % resume if resume else
+             ("warm start from %s" % previous if previous else "from scratch"), f", {motion_steps} motion steps first" if
+             motion_steps and not resume else "")
+    if resume is None and previous is not None:
+        warm_start(system, torch.load(previous, map_location="cpu", weights_only=False)["state_dict"])
+        if motion_steps:
+            set_trainable(system, motion_only=True)
+            make_trainer(folder, motion_steps, [], False).fit(system)
+    set_trainable(system, motion_only=False)
+    export, evaluation = make_outputs(folder, run_dir / "meshes" / f"frame_{i:04d}.ply")
+    trainer = make_trainer(folder, steps, [export, evaluation], True)
+    trainer.fit(system, ckpt_path=str(resume) if resume else None)
+    trainer.save_checkpoint(folder / "checkpoints" / "last.ckpt")
+    row: dict[str, Any] = {"frame": i, "steps": steps, "motion_steps": motion_steps if previous is not None else 0,
+                           "train_time_s": round(time.time() - started, 1)}
+    if scene.test_ids:
+        row["video_view"] = int(scene.test_ids[0])
+    if sequence.motions is not None:
+        with torch.no_grad():
+            row |= motion_errors(system.cameras.motion.matrix(), sequence.motions[i], sequence.motions[0])
+    evaluation.extra = row
+    trainer.test(system, verbose=False)
+    return {**evaluation.metrics, **row}
