@@ -347,7 +347,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
     """A one-screen report of a finished job."""
-    lines = [f"== {cfg.name} ({cfg.mode}) ==", f"run dir      {run_dir}", f"steps        {metrics.get('step', '-')}"]
+    lines = [f"== {cfg.name} ({cfg.mode}) ==", f"run dir      {run_dir}", f"steps        {metrics.get('step', metrics.get('steps', '-'))}"]
+    if "n_frames" in metrics:  # a sequence: the per-frame table is frames.csv
+        lines.append(f"frames       {metrics['n_frames']} (per frame: {run_dir / 'frames.csv'})")
+        for key in ("chamfer", "psnr", "iou"):
+            if f"{key}_mean" in metrics:
+                lines.append(f"{key:<12} mean {metrics[key + '_mean']:.3f}, min {metrics[key + '_min']:.3f}, max {metrics[key + '_max']:.3f}")
     if "train_time_s" in metrics:
         lines.append(f"train time   {metrics['train_time_s']} s")
     if "chamfer" in metrics:

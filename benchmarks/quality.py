@@ -7,16 +7,20 @@
     python benchmarks/quality.py --jobs synthetic-idr-3580 synthetic-idr-cameras-3580   # the poses get under 0.5 degrees
     python benchmarks/quality.py --jobs synthetic-6000 synthetic-cameras-6000     # NeuS: both issue-5 targets (~75 min a job)
     python benchmarks/quality.py --jobs synthetic synthetic-idr encoder-nffb --shapes all   # every built-in object
+    python benchmarks/quality.py --jobs synthetic synthetic-volsdf --shapes all --parallel 2 trainer.max_steps=1000
+                                                  # NeuS and VolSDF side by side on each shape, one thread each
     python benchmarks/quality.py --dry-run        # print the commands only
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -33,6 +37,7 @@ JOBS = {
     "synthetic": [],
     "dtu24": ["experiment=dtu-neus", f"data_dir={ROOT.parent / 'shared' / 'data'}"],
     "synthetic-idr": ["experiment=idr"],
+    "synthetic-volsdf": ["system=volsdf"],
     # Issue 5: 3 degrees and 2 % centre noise, against the fixed-camera jobs of the same length; IDR with
     # BARF's coarse-to-fine window on its positional encoding.
     "synthetic-cameras": ["experiment=noisy-cameras"],
@@ -66,20 +71,22 @@ def job_overrides(job: str) -> list[str]:
     return [*JOBS[name], *([f"dataset.shape={shape}"] if shape else [])]
 
 
-def launch(overrides: list[str], run_dir: Path) -> dict:
-    """Run launch.py with ``overrides`` into ``run_dir``; its metrics.json with the wall time and command."""
+def launch(overrides: list[str], run_dir: Path, threads: int | None = None) -> dict:
+    """Run launch.py with ``overrides`` into ``run_dir`` (on ``threads`` CPU threads; None: PyTorch's default);
+    its metrics.json with the wall time and command."""
     started = time.time()
     cmd = [sys.executable, "launch.py", *overrides, f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {**metrics, "wall_s": round(time.time() - started, 1), "command": "python launch.py " + " ".join(overrides)}
 
 
-def run(name: str, extra: list[str], out: Path) -> dict:
+def run(name: str, extra: list[str], out: Path, threads: int | None = None) -> dict:
     """Job ``name`` of JOBS (with ``extra`` overrides) into ``out/<name>``."""
-    return launch([*job_overrides(name), *extra], out / name.replace("@", "_"))
+    return launch([*job_overrides(name), *extra], out / name.replace("@", "_"), threads)
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -108,20 +115,26 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", choices=[*SHAPES, "all"], help="run every job on each of these synthetic shapes")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     parser.add_argument("--no-append", action="store_true", help="do not append to docs/BENCHMARKS.md")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="run this many jobs at a time, the CPU threads shared out among them (same CPU time each)")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides for every job")
     args = parser.parse_args()
     jobs = args.jobs + (["dtu24"] if args.dtu and "dtu24" not in args.jobs else [])
     if args.shapes:
         shapes = list(SHAPES) if "all" in args.shapes else args.shapes
-        jobs = [f"{job}@{shape}" for job in jobs for shape in shapes]
+        jobs = [f"{job}@{shape}" for shape in shapes for job in jobs]  # shape by shape: --parallel pairs jobs on one shape
     if args.dry_run:
         for name in jobs:
             print("python launch.py " + " ".join([*job_overrides(name), *args.overrides]))
         return
-    rows = {name: run(name, args.overrides, args.out) for name in jobs}
+    threads = max(1, (os.cpu_count() or 1) // args.parallel) if args.parallel > 1 else None
+    with ThreadPoolExecutor(args.parallel) as pool:
+        results = pool.map(lambda name: run(name, args.overrides, args.out, threads), jobs)
+        rows = dict(zip(jobs, results))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    report = f"\n### Quality, {date.today()}, commit {commit}, {device_name()}\n\n{table(rows)}\n"
+    device = device_name() + (f"; {args.parallel} jobs at a time, {threads} thread(s) each" if threads else "")
+    report = f"\n### Quality, {date.today()}, commit {commit}, {device}\n\n{table(rows)}\n"
     publish(report, append=not args.no_append)
 
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -58,6 +60,24 @@ def start_launch() -> Callable[..., subprocess.Popen]:
             return subprocess.Popen(**launch_command(*args), stdout=subprocess.DEVNULL, stderr=stderr)
 
     return start
+
+
+@pytest.fixture(scope="session")
+def terminate_when() -> Callable[..., int]:
+    """``terminate_when(proc, ready)``: send SIGTERM to a started launch.py once ``ready()`` holds (or it has
+    exited) and return its exit status; it is killed if it has not stopped ``timeout`` seconds later."""
+
+    def stop(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120) -> int:
+        try:
+            while proc.poll() is None and not ready():
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            return proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+    return stop
 
 
 @pytest.fixture(scope="session")

@@ -145,18 +145,11 @@ def test_textured_decimated_export(launch, finished_run, tmp_path):
         assert np.abs(colours - plain.visual.vertex_colors[nearest, :3].astype(int)).max() <= 2
 
 
-def test_sigterm_in_training_exits_non_zero_and_says_how_to_resume(start_launch, tiny, data_dir, tmp_path):
+def test_sigterm_in_training_exits_non_zero_and_says_how_to_resume(start_launch, terminate_when, tiny, data_dir, tmp_path):
     """A killed run must not look finished to a sweep or a scheduler: exit 128 + SIGTERM, checkpoints kept."""
     run_dir = tmp_path / "killed_in_training"
     proc = start_launch(tmp_path / "stderr.txt", *tiny, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}", "trainer.max_steps=100000")
-    try:
-        while proc.poll() is None and not list((run_dir / "checkpoints").glob("step*.ckpt")):
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    terminate_when(proc, lambda: bool(list((run_dir / "checkpoints").glob("step*.ckpt"))))
     stderr = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert f"resume={run_dir}" in stderr.strip().splitlines()[-1]

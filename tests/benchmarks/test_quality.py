@@ -16,7 +16,7 @@ def config(job: str):
 @pytest.mark.parametrize("job", sorted(JOBS))
 def test_every_job_composes(job):
     cfg = config(job)
-    assert cfg.system.name in ("neus", "idr") and cfg.trainer.max_steps > 0
+    assert cfg.system.name in ("neus", "idr", "volsdf") and cfg.trainer.max_steps > 0
 
 
 @pytest.mark.parametrize("fixed, trainable", PAIRS)
@@ -34,3 +34,23 @@ def test_jobs_run_on_every_shape(shape):
     cfg = config(f"encoder-nffb@{shape}")
     assert cfg.dataset.shape == shape and cfg.encoder._target_.endswith("NFFBEncoder")
     assert cfg.trainer.max_time == "00:00:08:00"
+
+
+def test_shapes_run_shape_by_shape_and_parallel_jobs_share_the_threads(tmp_path, monkeypatch, capsys):
+    """--parallel 2 runs the jobs of one shape side by side (shape by shape), each on half the CPU threads."""
+    import benchmarks.quality as quality
+
+    argv = ["quality.py", "--jobs", "synthetic", "synthetic-volsdf", "--shapes", "bowl", "handle", "--parallel", "2",
+            "--no-append", "--out", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", [*argv, "--dry-run"])
+    quality.main()
+    assert capsys.readouterr().out.splitlines() == [
+        "python launch.py dataset.shape=bowl", "python launch.py system=volsdf dataset.shape=bowl",
+        "python launch.py dataset.shape=handle", "python launch.py system=volsdf dataset.shape=handle"]
+    calls = []
+    monkeypatch.setattr(quality, "launch", lambda overrides, run_dir, threads=None: calls.append(threads) or
+                        {"step": 1, "wall_s": 0.0, "command": " ".join(overrides)})
+    monkeypatch.setattr(quality.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr("sys.argv", argv)
+    quality.main()
+    assert calls == [2, 2, 2, 2]

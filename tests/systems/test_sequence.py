@@ -7,7 +7,6 @@ import csv
 import json
 import math
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +14,9 @@ import torch
 from hydra.utils import instantiate
 
 from datasets.npz import load_npz_scene
+import launch
+from datasets.errors import InputError
+from datasets.synthetic import generate_sequence
 from launch import compose_config
 from models.cameras import FixedCameras
 from systems.callbacks import StepSchedules
@@ -92,6 +94,20 @@ def test_motion_errors_and_table(tmp_path) -> None:
     assert json.loads((tmp_path / "metrics.json").read_text())["frames"] == rows
 
 
+def test_a_sequence_refuses_single_scene_modes_and_trainable_cameras(tmp_path) -> None:
+    root = generate_sequence(str(tmp_path / "sequence"), n_frames=2, n_views=4, width=32, height=24)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    base = ["dataset=sequence", f"dataset.root={root}", "dataset.test_every=2", "encoder.compile=false"]
+    with pytest.raises(InputError, match="mode=export is for single scenes"):
+        launch.run(compose_config([*base, "mode=export"]), run_dir)
+    with pytest.raises(InputError, match="camera=fixed"):
+        launch.run(compose_config([*base, "camera=trainable"]), run_dir)
+    with pytest.raises(InputError, match="dataset.root.*required"):
+        launch.run(compose_config(["dataset=sequence"]), run_dir)
+    assert not any(run_dir.iterdir())  # refused before anything was written
+
+
 # A two-frame sequence: the object turns by 8 degrees and moves by 0.1 (no twist), so frame 1 is frame 0 moved rigidly.
 TINY_SEQUENCE = [
     "dataset=synthetic_sequence", "dataset.n_frames=2", "dataset.n_views=10", "dataset.width=64", "dataset.height=48",
@@ -103,7 +119,7 @@ TINY_SEQUENCE = [
 
 
 @pytest.mark.slow
-def test_sequence_trains_frame_by_frame_recovers_the_motion_and_resumes_mid_sequence(start_launch, launch, tmp_path) -> None:
+def test_sequence_trains_frame_by_frame_recovers_the_motion_and_resumes_mid_sequence(start_launch, terminate_when, launch, tmp_path) -> None:
     """Killed in frame 1's field phase, then resumed: frame 0 is kept as it was, frame 1 continues from its own
     checkpoint, and the run ends with per-frame meshes, metrics, table and video; the motion phase recovered
     most of the known rigid motion."""
@@ -111,14 +127,7 @@ def test_sequence_trains_frame_by_frame_recovers_the_motion_and_resumes_mid_sequ
     args = [*TINY_SEQUENCE, f"data_dir={tmp_path / 'data'}"]
     proc = start_launch(tmp_path / "stderr.txt", *args, f"hydra.run.dir={run_dir}")
     frame1 = run_dir / "frames" / "frame_0001" / "checkpoints"
-    try:
-        while proc.poll() is None and not list(frame1.glob("step*.ckpt")):
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    terminate_when(proc, lambda: bool(list(frame1.glob("step*.ckpt"))))
     stderr = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert f"resume={run_dir}" in stderr.strip().splitlines()[-1]
@@ -130,7 +139,7 @@ def test_sequence_trains_frame_by_frame_recovers_the_motion_and_resumes_mid_sequ
     result = launch(f"resume={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     log = (run_dir / "launch.log").read_text()
-    assert "frame 0 of 2: done before" in log and "frame 1 of 2: resuming from" in log and "step0000" in log
+    assert "frame 0 of 2: done before" in log and f"frame 1 of 2: resuming from {frame1}" in log
     assert frame0.stat().st_mtime_ns == written
     metrics = json.loads((run_dir / "metrics.json").read_text())
     rows = list(csv.DictReader(open(run_dir / "frames.csv")))
