@@ -209,7 +209,7 @@ def train_frame(sequence: Sequence, i: int, folder: Path, run_dir: Path, steps: 
                            "train_time_s": round(time.time() - started, 1)}
     if scene.test_ids:
         row["video_view"] = int(scene.test_ids[0])
-    if sequence.motions is not None:
+    if sequence.motions is not None and (previous is not None or i == 0):  # a frame from scratch has no motion to find
         with torch.no_grad():
             row |= motion_errors(system.cameras.motion.matrix(), sequence.motions[i], sequence.motions[0])
     evaluation.extra = row
