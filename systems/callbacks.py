@@ -33,11 +33,11 @@ class StepSchedules(pl.Callback):
     cosine annealing, IDR's mask-loss sharpness), the encoders (progressive levels, BARF's window),
     the occupancy grid. Loss weights are schedules evaluated at the step where they are used
     (``systems.schedules``). Systems attach this callback themselves (``configure_callbacks``), so
-    every Trainer that fits one runs it, and a resumed run starts at its saved step. The step is the
-    system's ``schedule_step`` where it has one (the frames of a sequence continue their predecessors' count)."""
+    every Trainer that fits one runs it, and a resumed run starts at its saved step. A system's ``step_offset``
+    is added (the frames of a sequence continue their predecessors' count, as ``BaseSystem.schedule_step`` does)."""
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        step = getattr(pl_module, "schedule_step", trainer.global_step)
+        step = trainer.global_step + getattr(pl_module, "step_offset", 0)
         for module in pl_module.modules():
             if hasattr(module, "update_step"):
                 module.update_step(trainer.current_epoch, step)
