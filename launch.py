@@ -228,13 +228,18 @@ def as_input_error(err: Exception) -> InputError:
     return cause
 
 
+def single_scene_mode(mode: str) -> InputError:
+    """The error for ``mode`` asked of a sequence, which only trains."""
+    return InputError("mode", f"mode={mode} is for single scenes; a sequence run writes its meshes, metrics and video as it "
+                              "trains, and resume=RUN continues it")
+
+
 def build_system(cfg: DictConfig, run_dir: Path, checkpoint: dict | None = None, scene: Scene | None = None):
     """The system ``cfg`` describes on ``scene`` (None: the scene of ``cfg.dataset``), with the weights of
     ``checkpoint`` when given."""
     scene = load_scene(cfg) if scene is None else scene
     if isinstance(scene, Sequence):
-        raise InputError("mode", f"mode={cfg.mode} is for single scenes; a sequence run (dataset.{cfg.dataset.name}) writes "
-                                 "its meshes, metrics and video as it trains, and resume=RUN continues it")
+        raise single_scene_mode(cfg.mode)
     # A scene's own noisy starting poses (IDR's cameras_linear_init.npz) go to cameras that take them.
     start = {"init_c2w": scene.init_c2w} if scene.init_c2w is not None and "use_init_file" in cfg.camera else {}
     try:
@@ -274,8 +279,7 @@ def outputs(cfg: DictConfig, run_dir: Path, mesh_path: Path) -> tuple[MeshExport
 def run_sequence(cfg: DictConfig, run_dir: Path, sequence: Sequence) -> dict:
     """Train a dynamic scene frame by frame (systems/sequence.py); returns the summary of its per-frame metrics."""
     if cfg.mode != "train":
-        raise InputError("mode", f"mode={cfg.mode} is for single scenes; a sequence run writes its meshes, metrics and video "
-                                 "as it trains, and resume=RUN continues it")
+        raise single_scene_mode(cfg.mode)
 
     def make_system(scene: Scene, folder: Path):
         system = build_system(cfg, folder, scene=scene)

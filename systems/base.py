@@ -165,18 +165,20 @@ class BaseSystem(pl.LightningModule):
         o = self.optim
         geometry = self.model.geometry
         encoder_ids = {id(p) for p in geometry.encoder.parameters()}
+        motion = self.object_motion
+        motion_ids = {id(p) for p in motion.parameters()} if motion is not None else set()
         own = ("model.", "cameras.", "background_field.")
         groups = [
             {"name": "encoder", "params": list(geometry.encoder.parameters()), "lr": o.group_lr("encoder")},
             {"name": "geometry", "params": [p for p in geometry.parameters() if id(p) not in encoder_ids], "lr": o.group_lr("geometry")},
             {"name": "texture", "params": list(self.model.texture.parameters()), "lr": o.group_lr("texture")},
-            {"name": "camera", "params": [p for n, p in self.cameras.named_parameters() if not n.startswith("motion.")], "lr": o.lr_camera},
+            {"name": "camera", "params": [p for p in self.cameras.parameters() if id(p) not in motion_ids], "lr": o.lr_camera},
             {"name": "other", "params": [p for n, p in self.named_parameters() if not n.startswith(own)], "lr": o.lr},
         ]
         if self.background_field is not None:
             groups.append({"name": "background", "params": list(self.background_field.parameters()), "lr": o.group_lr("background")})
-        if isinstance(getattr(self.cameras, "motion", None), RigidMotion):
-            groups.append({"name": "motion", "params": list(self.cameras.motion.parameters()), "lr": o.lr_motion})
+        if motion is not None:
+            groups.append({"name": "motion", "params": list(motion.parameters()), "lr": o.lr_motion})
         return groups
 
     def eikonal_loss(self, sample_grad: torch.Tensor, n_uniform: int) -> torch.Tensor:
@@ -220,6 +222,12 @@ class BaseSystem(pl.LightningModule):
         k = intrinsics[0].clone()
         k[:2] /= s
         return self.render_image(k, c2w[0], h // s, w // s)
+
+    @property
+    def object_motion(self) -> RigidMotion | None:
+        """A sequence frame's rigid object motion (its cameras' ``motion``), or None."""
+        motion = getattr(self.cameras, "motion", None)
+        return motion if isinstance(motion, RigidMotion) else None
 
     @property
     def trainable_cameras(self) -> bool:
@@ -323,8 +331,8 @@ class BaseSystem(pl.LightningModule):
         """Normalised (P, 3) -> the dataset's original world frame (through scale_mat). With trainable
         cameras the points are first aligned from the learned frame to the reference one, so meshes
         compare with those of fixed-camera runs; a sequence frame's are first moved by the object's motion."""
-        motion = getattr(self.cameras, "motion", None)
-        if isinstance(motion, RigidMotion):
+        motion = self.object_motion
+        if motion is not None:
             with torch.no_grad():
                 points = motion.to_world(torch.from_numpy(points)).numpy()
         sim = self.frame_alignment()

@@ -64,7 +64,7 @@ def warm_start(system: BaseSystem, state_dict: dict[str, torch.Tensor]) -> None:
                                      f"unexpected {unexpected[:3]}); were the system or encoder changed mid-sequence?")
     previous = RigidMotion()
     previous.load_state_dict({k.removeprefix("cameras.motion."): v for k, v in state_dict.items() if k.startswith("cameras.motion.")})
-    motion = system.cameras.motion
+    motion = system.object_motion
     with torch.no_grad():
         motion.base.copy_(previous.matrix())
         motion.rotation.zero_()
@@ -74,7 +74,7 @@ def warm_start(system: BaseSystem, state_dict: dict[str, torch.Tensor]) -> None:
 def set_trainable(system: BaseSystem, motion_only: bool) -> None:
     """Train only the object's motion (``motion_only``), or everything but it."""
     system.requires_grad_(not motion_only)
-    system.cameras.motion.requires_grad_(motion_only)
+    system.object_motion.requires_grad_(motion_only)
 
 
 def motion_errors(learned: torch.Tensor, truth: np.ndarray, first: np.ndarray) -> dict[str, float]:
@@ -211,7 +211,7 @@ def train_frame(sequence: Sequence, i: int, folder: Path, run_dir: Path, steps: 
         row["video_view"] = int(scene.test_ids[0])
     if sequence.motions is not None and (previous is not None or i == 0):  # a frame from scratch has no motion to find
         with torch.no_grad():
-            row |= motion_errors(system.cameras.motion.matrix(), sequence.motions[i], sequence.motions[0])
+            row |= motion_errors(system.object_motion.matrix(), sequence.motions[i], sequence.motions[0])
     evaluation.extra = row
     trainer.test(system, verbose=False)
     return {**evaluation.metrics, **row}

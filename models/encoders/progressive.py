@@ -1,7 +1,7 @@
 """Coarse-to-fine level activation shared by the multi-level encoders (hash grid, NFFB, style-modulated NFFB)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
