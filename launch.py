@@ -39,7 +39,8 @@ from datasets.scene import Scene
 from datasets.sequence import Sequence
 from models.cameras import FixedCameras
 from systems.config import SequenceSettings, as_section, check_sections, check_targets, register_configs
-from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, resume_hint
+from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, TimeBudget, parse_duration,
+                               resume_hint)
 from systems.inspect import inspect_init, transfer
 from systems.sequence import moving_cameras, train_sequence
 from systems.video import render_videos
@@ -51,7 +52,9 @@ MODES = ("train", "test", "eval", "export", "inspect_init", "transfer", "video")
 # Keys of a dataset config that describe it rather than being loader arguments.
 DATASET_META = ("name", "scene", "background")
 # Keys of _target_ nodes that are ours, not arguments of the target (check_targets and build_trainer leave them out).
-TARGET_META = {"dataset": DATASET_META, "trainer": ("checkpoint_every_n_steps",)}
+TARGET_META = {"dataset": DATASET_META, "trainer": ("checkpoint_every_n_steps", "schedule_steps")}
+# Keys that check_targets leaves to their typed section (trainer.max_steps: None is ours, a budgeted run; build_trainer sets it).
+UNCHECKED = {"dataset": DATASET_META, "trainer": (*TARGET_META["trainer"], "max_steps")}
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # Whether an explicit hydra.run.dir existed before this process (set by prepare_argv; None: Hydra made it).
 RUN_DIR_EXISTED: bool | None = None
@@ -117,7 +120,7 @@ def check_config(args: list[str]) -> None:
         except (HydraException, OmegaConfBaseException) as err:
             raise as_input_error(err) from err
         check_sections(cfg)
-        check_targets(container, ignore=TARGET_META)
+        check_targets(container, ignore=UNCHECKED)
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
@@ -204,7 +207,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer
              for name, node in cfg.callbacks.items() if node is not None]
     logger = build("logger", cfg.logger, save_dir=str(run_dir), name="tensorboard", version="")
     trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in TARGET_META["trainer"]}
-    return build("trainer", trainer, logger=logger, callbacks=[*named, TerminateTestOnSigterm(run_dir, cfg.mode), *callbacks],
+    callbacks = [*named, TerminateTestOnSigterm(run_dir, cfg.mode), *callbacks]
+    if trainer["max_steps"] is None:  # a time budget (TimeBudget plans the steps), or the length schedules are written for
+        trainer["max_steps"] = -1 if trainer["max_time"] else cfg.trainer.schedule_steps
+        if trainer["max_time"]:
+            callbacks.append(TimeBudget(parse_duration(trainer["max_time"]), cfg.trainer.schedule_steps))
+    return build("trainer", trainer, logger=logger, callbacks=callbacks,
                  enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in named), plugins=[AtomicCheckpointIO()],
                  check_val_every_n_epoch=None, num_sanity_val_steps=0, enable_model_summary=False, inference_mode=False)
 
@@ -357,8 +365,10 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
         for key in ("chamfer", "psnr", "iou"):
             if f"{key}_mean" in metrics:
                 lines.append(f"{key:<12} mean {metrics[key + '_mean']:.3f}, min {metrics[key + '_min']:.3f}, max {metrics[key + '_max']:.3f}")
-    if "train_time_s" in metrics:
-        lines.append(f"train time   {metrics['train_time_s']} s")
+    if "train_time_s" in metrics or "eval_time_s" in metrics:
+        parts = [f"{label} {metrics[key]} s" for key, label in (("train_time_s", "training"), ("eval_time_s", "evaluation"))
+                 if key in metrics]
+        lines.append(f"time         {', '.join(parts)}")
     if "chamfer" in metrics:
         lines.append(f"chamfer      {metrics['chamfer']:.3f}  (accuracy {metrics['accuracy']:.3f}, completeness {metrics['completeness']:.3f}"
                      f"{', ' + metrics['protocol'] if 'protocol' in metrics else ''})")

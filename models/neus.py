@@ -30,6 +30,7 @@ class NeuSModel(nn.Module):
         self.step_size = 2.0 * math.sqrt(3.0) * grid.radius / samples_per_ray
         self.grid_update_every, self.grid_warmup_steps = grid_update_every, grid_warmup_steps
         self.grid_update_fraction = grid_update_fraction
+        self._grid_period = -1  # the period of grid_update_every steps of the last update
 
     def inv_s(self) -> torch.Tensor:
         return self.variance().clamp(1e-6, 1e6)
@@ -50,9 +51,12 @@ class NeuSModel(nn.Module):
         return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
 
     def update_step(self, epoch: int, step: int) -> None:
-        """Refresh the occupancy grid every ``grid_update_every`` steps: every cell during the
-        warm-up, then a random ``grid_update_fraction`` of the cells plus the occupied ones."""
-        if step % self.grid_update_every == 0:
+        """Refresh the occupancy grid whenever ``step`` enters a new period of ``grid_update_every`` steps
+        (a stretched schedule may repeat or skip steps): every cell during the warm-up, then a random
+        ``grid_update_fraction`` of the cells plus the occupied ones."""
+        period = step // self.grid_update_every
+        if period != self._grid_period:
+            self._grid_period = period
             fraction = 1.0 if step < self.grid_warmup_steps else self.grid_update_fraction
             self.grid.update(self.cell_occupancy, fraction)
 

@@ -31,6 +31,7 @@ from models.samplers import OccupancyGrid
 from models.texture import bake_texture
 from systems.callbacks import StepSchedules
 from systems.config import BackgroundFieldConfig, Optim, Optimizer, Scheduler, as_section
+from systems.schedules import ScheduleClock
 from systems.mesh_io import save_cameras, save_mesh, save_textured_mesh
 
 BACKGROUNDS = ("black", "white", "random", "learned", "nerf")
@@ -85,11 +86,17 @@ class BaseSystem(pl.LightningModule):
         self.test_outputs: list[tuple[int, dict[str, float], dict[str, np.ndarray]]] = []  # (view, metrics, images) of this rank
         self.register_buffer("train_ids", torch.tensor(scene.train_ids), persistent=False)
         self.step_offset = 0  # steps trained before this fit (earlier frames of a sequence): schedules see them too
+        self.clock = ScheduleClock()  # stretches the schedules to a time-budgeted run (systems.callbacks.TimeBudget)
+
+    def schedule_step_of(self, step: int) -> int:
+        """The step that schedules (loss weights, learning rates, ``update_step`` hooks) see at training step
+        ``step``: :attr:`clock`'s reading plus ``step_offset``. The one source of the schedule step."""
+        return self.clock(step) + self.step_offset
 
     @property
     def schedule_step(self) -> int:
-        """The step that schedules (loss weights, ``update_step`` hooks) see: the trainer's plus ``step_offset``."""
-        return self.global_step + self.step_offset
+        """:meth:`schedule_step_of` the trainer's current step."""
+        return self.schedule_step_of(self.global_step)
 
     # ----------------------------------------------------------------- data
     def _scene_to_device(self) -> None:
@@ -193,8 +200,23 @@ class BaseSystem(pl.LightningModule):
         dropped), ``system.scheduler`` stepped every step."""
         groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in self.param_groups()]
         optimizer = self.make_optimizer([g for g in groups if g["params"]])
-        scheduler = self.make_scheduler(optimizer, self.optim, self.trainer.max_steps)
+        scheduler = self.make_scheduler(optimizer, self.optim, self.clock.reference_steps or self.trainer.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
+        """Step the learning-rate schedule to the schedule step of the next training step (:attr:`clock`:
+        the training step itself unless a time budget stretches the run), so it scales with the run as
+        every other schedule does. Schedulers whose rate is a function of ``last_epoch`` (``LambdaLR``,
+        the default's) follow it exactly."""
+        scheduler.last_epoch = self.clock(self.global_step) - 1
+        scheduler.step()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["schedule_clock"] = dataclasses.asdict(self.clock)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "schedule_clock" in checkpoint:
+            self.clock = ScheduleClock(**checkpoint["schedule_clock"])
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """:class:`StepSchedules` walks the ``update_step`` hooks before every training step."""

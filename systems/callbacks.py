@@ -7,7 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytorch_lightning as pl
@@ -33,14 +33,92 @@ class StepSchedules(pl.Callback):
     cosine annealing, IDR's mask-loss sharpness), the encoders (progressive levels, BARF's window),
     the occupancy grid. Loss weights are schedules evaluated at the step where they are used
     (``systems.schedules``). Systems attach this callback themselves (``configure_callbacks``), so
-    every Trainer that fits one runs it, and a resumed run starts at its saved step. A system's ``step_offset``
-    is added (the frames of a sequence continue their predecessors' count, as ``BaseSystem.schedule_step`` does)."""
+    every Trainer that fits one runs it, and a resumed run starts at its saved step. The step is the
+    system's schedule step (``BaseSystem.schedule_step_of``: stretched by a time budget, offset by a
+    sequence's earlier frames)."""
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        step = trainer.global_step + getattr(pl_module, "step_offset", 0)
+        step = pl_module.schedule_step_of(trainer.global_step)
         for module in pl_module.modules():
             if hasattr(module, "update_step"):
                 module.update_step(trainer.current_epoch, step)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a ``DD:HH:MM:SS`` duration (Lightning's ``max_time`` format; fewer fields count from the right)."""
+    fields = [float(f) for f in str(text).split(":")]
+    if not 1 <= len(fields) <= 4 or any(f < 0 for f in fields):
+        raise ValueError(f"expected DD:HH:MM:SS, got {text!r}")
+    return sum(f * unit for f, unit in zip(reversed(fields), (1, 60, 3600, 86400)))
+
+
+class TimeBudget(pl.Callback):
+    """Spend a training-time budget on as many steps as fit in it, with every schedule stretched to them.
+
+    Lightning's ``max_time`` alone stops a run wherever the clock runs out, its schedules (learning-rate
+    decay, encoder levels, annealing, loss weights) cut short or long finished. Here the run times its
+    steps from ``skip_steps`` on (torch.compile and the first grid updates come before), plans at
+    ``first_plan_step`` how many steps fit in the time left, sets the trainer's ``max_steps`` to that, and
+    stretches the system's :class:`~systems.schedules.ScheduleClock` so the schedules, written for
+    ``reference_steps``, end there. It re-plans every ``replan_fraction`` of the run from the mean step time
+    so far (validation passes and grid updates included), until the last tenth. ``reserve`` of the budget is
+    kept as a margin. The plan and the time spent are saved in checkpoints, so a resumed run continues
+    them; with DDP, rank 0's plan is broadcast. ``clock`` is the time source (tests pass a fake one).
+    """
+
+    def __init__(self, budget_s: float, reference_steps: int, skip_steps: int = 10, first_plan_step: int = 30,
+                 replan_fraction: float = 0.05, reserve: float = 0.01, clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget_s, self.reference_steps = float(budget_s), int(reference_steps)
+        self.skip_steps, self.first_plan_step = skip_steps, max(first_plan_step, skip_steps + 1)
+        self.replan_fraction, self.reserve, self.clock = replan_fraction, reserve, clock
+        self.spent_s = 0.0           # training time of earlier sessions of this run (resume)
+        self.planned: int | None = None
+        self._started = self._timed_from = 0.0
+        self._timed_step = 0
+        self._next_plan = self.first_plan_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spent_s": self.spent_s + self.clock() - self._started, "planned": self.planned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.spent_s, self.planned = float(state["spent_s"]), state["planned"]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pl_module.clock.reference_steps = self.reference_steps  # the learning-rate horizon, in schedule steps
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = self.clock()
+        step = trainer.global_step
+        self._timed_step, self._next_plan = step + self.skip_steps, step + self.first_plan_step
+        if self.planned is not None:  # resumed: keep the plan until the step time is measured again
+            trainer.fit_loop.epoch_loop.max_steps = self.planned
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self._timed_step:
+            self._timed_from = self.clock()
+        if step < self._next_plan or step <= self._timed_step:
+            return
+        now = self.clock()
+        seconds_per_step = (now - self._timed_from) / (step - self._timed_step)
+        left = self.budget_s * (1.0 - self.reserve) - self.spent_s - (now - self._started)
+        planned = int(trainer.strategy.broadcast(step + max(int(left / seconds_per_step), 1)))
+        if planned != self.planned:
+            first = self.planned is None
+            self.planned = planned
+            trainer.fit_loop.epoch_loop.max_steps = planned
+            pl_module.clock.plan(step, planned)
+            if first:
+                log.info("time budget %.0f s: %d steps fit (%.3f s a step over steps %d-%d); schedules written for %d steps "
+                         "stretched x%.2f", self.budget_s, planned, seconds_per_step, self._timed_step, step, self.reference_steps,
+                         planned / self.reference_steps)
+        self._next_plan = step + max(int(self.replan_fraction * planned), 1)
+        if step >= 0.9 * planned:
+            self._next_plan = planned + 1  # no more re-planning in the last tenth
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        used = self.spent_s + self.clock() - self._started
+        log.info("time budget: %d steps trained in %.0f of %.0f s", trainer.global_step, used, self.budget_s)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -142,6 +220,7 @@ class Evaluation(pl.Callback):
         self.chamfer_points, self.max_dist, self.mask_dilation = chamfer_points, max_dist, mask_dilation
         self.extra = extra or {}
         self.metrics: dict[str, Any] = {}
+        self.started = time.time()
         if protocol not in PROTOCOLS:
             raise InputError("eval.protocol", f"unknown value {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         if protocol == "dtu_official":
@@ -185,6 +264,9 @@ class Evaluation(pl.Callback):
         log.info("Chamfer distance on %d points per side (about a minute per 200k points on 2 CPU cores) ...", self.chamfer_points)
         return chamfer_distance(pred_v, pred_f, gt_v, gt_f, n_points=self.chamfer_points, max_dist=self.max_dist, pred_keep=keep)
 
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.time()
+
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:  # DDP: rank 0 holds every view's metrics (BaseSystem.on_test_epoch_end)
             return
@@ -202,6 +284,7 @@ class Evaluation(pl.Callback):
             metrics.update(chamfer, protocol=self.protocol)
         if self.mesh_path.exists():
             metrics["mesh"] = str(self.mesh_path)
+        metrics["eval_time_s"] = round(time.time() - self.started, 1)  # held-out views, mesh export (callbacks before) and Chamfer
         path = self.run_dir / "metrics.json"
         if path.exists():
             metrics = {**json.loads(path.read_text()), **metrics}

@@ -58,7 +58,7 @@ class Optim:
     #                                        decays on (longer NeuS runs drift otherwise); None: follow the run
     warmup_steps: int = 100
     final_lr_ratio: float = 0.1
-    decay_steps: int | None = None    # None: trainer.max_steps
+    decay_steps: int | None = None    # None: the run's length (trainer.max_steps, or schedule_steps in a budgeted run)
 
     def group_lr(self, group: str) -> float:
         """The learning rate of parameter group ``group`` (``lr_<group>``, or ``lr`` when that is None)."""
@@ -222,11 +222,18 @@ class IDRConfig(SystemConfig):
 class Trainer:
     """``trainer``: arguments of Lightning's ``Trainer`` (more with ``+trainer.KEY=VALUE``, checked against its
     signature); launch.py adds the callbacks, the logger and the run directory's fixed settings.
-    ``checkpoint_every_n_steps`` is ours, the default of ``callbacks.checkpoint.every_n_train_steps``."""
+    ``checkpoint_every_n_steps`` (the default of ``callbacks.checkpoint.every_n_train_steps``) and
+    ``schedule_steps`` are ours.
+
+    The run's length: ``max_steps`` trains that many steps with the schedules as written (``max_time`` then
+    only caps it); ``max_time`` without ``max_steps`` is a budget, spent on as many steps as fit
+    (:class:`systems.callbacks.TimeBudget`), every step schedule stretched from ``schedule_steps`` to them;
+    neither trains ``schedule_steps`` steps."""
 
     _target_: str = "pytorch_lightning.Trainer"
-    max_steps: int = 1500
-    max_time: str | None = "00:00:09:00"  # DD:HH:MM:SS; training stops here at the latest (evaluation comes after)
+    max_steps: int | None = None
+    max_time: str | None = None    # DD:HH:MM:SS of training (evaluation comes after); a budget without max_steps
+    schedule_steps: int = 1500     # the run length that step schedules (rates, levels, annealing, loss weights) are written for
     val_check_interval: int = 500
     log_every_n_steps: int = 25
     checkpoint_every_n_steps: int = 250

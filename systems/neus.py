@@ -101,8 +101,10 @@ class NeuSSystem(BaseSystem):
         return total
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["n_rays"] = self.n_rays
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.n_rays = float(checkpoint.get("n_rays", self.n_rays))
 

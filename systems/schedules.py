@@ -1,8 +1,10 @@
-"""Scalar schedules for loss weights and other hyper-parameters."""
+"""Scalar schedules for loss weights and other hyper-parameters, and the clock that stretches every
+step schedule to the length of a time-budgeted run."""
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -64,3 +66,38 @@ def warmup_decay(optimizer: torch.optim.Optimizer, optim: Optim, max_steps: int)
     special = {"camera": camera_factor, "motion": motion_factor}
     lambdas = [special.get(group.get("name"), factor) for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+@dataclass
+class ScheduleClock:
+    """Maps training steps to the steps every schedule is written in (loss weights, learning rates,
+    ``update_step`` hooks: encoder levels, NeuS's annealing, grid updates, IDR's mask sharpness).
+
+    Unplanned (``planned_steps`` None), the two are the same: a run with an explicit
+    ``trainer.max_steps`` keeps its schedules as written. A time-budgeted run plans its length
+    (:class:`systems.callbacks.TimeBudget`) and the clock stretches the schedules, written for
+    ``reference_steps``, to it: from the step it was planned at (``anchor_step``, where the clock
+    read ``anchor_value``) it advances linearly to ``reference_steps`` at ``planned_steps``. A new
+    plan re-anchors at the current reading, so the clock never jumps or runs backwards.
+    """
+
+    reference_steps: int | None = None  # the length schedules are written for; None: trainer.max_steps
+    planned_steps: int | None = None
+    anchor_step: int = 0
+    anchor_value: float = 0.0
+
+    def value(self, step: int) -> float:
+        """The schedule position of training step ``step``, unrounded."""
+        if self.planned_steps is None or self.reference_steps is None:
+            return float(step)
+        rate = max(self.reference_steps - self.anchor_value, 0.0) / max(self.planned_steps - self.anchor_step, 1)
+        return self.anchor_value + (step - self.anchor_step) * rate
+
+    def __call__(self, step: int) -> int:
+        """The schedule step of training step ``step``."""
+        return int(round(self.value(step)))
+
+    def plan(self, step: int, planned_steps: int) -> None:
+        """Stretch the schedules so that they end at training step ``planned_steps``, from ``step`` on."""
+        self.anchor_value, self.anchor_step = self.value(step), step
+        self.planned_steps = max(planned_steps, step + 1)
