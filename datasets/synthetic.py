@@ -8,6 +8,8 @@ procedural albedo:
 - ``box_ellipsoid``: a tilted rounded box smoothly joined to an off-centre ellipsoid; no symmetry axis.
 - ``handle``: a rounded cylinder with a thin (0.09) ring handle on its side; thin parts and a through hole.
 - ``bowl``: a tilted spherical shell cut open above its equator; a deep concavity with 0.1-thick walls.
+- ``pierced_block``: a tilted rounded slab with a round hole through it and a hard black-and-white checker: a
+  through-hole, flat faces and a high-contrast texture that a reconstruction must not press into the geometry.
 
 Views are rendered by sphere tracing (Hart, "Sphere tracing", The Visual Computer 1996) with 2x2
 supersampling; the ground-truth mesh is extracted with marching cubes (Lorensen & Cline, SIGGRAPH 1987).
@@ -57,6 +59,9 @@ CAN_CENTRE, CAN_RADIUS, CAN_HALF_HEIGHT, CAN_ROUNDING = (-0.08, 0.0, 0.0), 0.32,
 HANDLE_CENTRE, HANDLE_RADII, HANDLE_BLEND = (0.24, 0.0, 0.02), (0.33, 0.045), 0.03
 # bowl: a shell of sphere radius BOWL_RADIUS, cut by the plane BOWL_CUT above its centre, half wall thickness BOWL_WALL
 BOWL_CENTRE, BOWL_RADIUS, BOWL_CUT, BOWL_WALL, BOWL_TILT = (0.0, 0.0, 0.10), 0.52, 0.20, 0.05, ((1.0, 1.0, 0.0), 20.0)
+# pierced_block: a rounded slab (half sizes), and the radius and local (x, y) centre of a hole along its local z
+BLOCK_CENTRE, BLOCK_HALF_SIZE, BLOCK_ROUNDING = (0.0, 0.0, 0.02), (0.44, 0.40, 0.15), 0.04
+BLOCK_TILT, HOLE_RADIUS, HOLE_CENTRE = ((1.0, -0.4, 0.0), 40.0), 0.16, (0.10, 0.02)
 LIGHT_DIR = (0.40, -0.30, 0.866)  # towards the light, world/normalised frame (z up)
 CAMERA_DISTANCE = 3.0
 FOV_Y_DEG = 35.0
@@ -149,6 +154,14 @@ def _bowl_sdf(points: torch.Tensor) -> torch.Tensor:
     return torch.where(BOWL_CUT * rho < rim_rho * z, to_rim, shell) - BOWL_WALL
 
 
+def _pierced_block_sdf(points: torch.Tensor) -> torch.Tensor:
+    """A tilted rounded slab minus a cylinder through its thin axis (a through-hole), (P, 3) -> (P,); a 1-Lipschitz bound."""
+    q = _local(points, BLOCK_CENTRE, BLOCK_TILT)
+    slab = _rounded_box(q, BLOCK_HALF_SIZE, BLOCK_ROUNDING)
+    hole = HOLE_RADIUS - (q[:, :2] - q.new_tensor(HOLE_CENTRE)).norm(dim=-1)
+    return torch.maximum(slab, hole)
+
+
 def _mix(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Three patterns in [-1, 1] -> (P, 3) colours in [0.15, 0.9]."""
     return 0.525 + 0.375 * torch.stack([a, b, c], -1)
@@ -189,13 +202,21 @@ def _bowl_albedo(points: torch.Tensor) -> torch.Tensor:
     return _mix(0.5 * u - 0.3 * v + 0.2 * fine, 0.4 * u + 0.5 * v, -0.6 * u * v + 0.3 * fine)
 
 
+def _pierced_block_albedo(points: torch.Tensor) -> torch.Tensor:
+    """A hard-edged black-and-white 3D checker (cells about 0.2 wide), (P, 3) -> (P, 3) grey levels 0.08 and 0.92."""
+    x, y, z = points.unbind(-1)
+    cells = torch.tanh(30.0 * torch.sin(15.0 * x + 0.3) * torch.sin(15.0 * y + 1.1) * torch.sin(15.0 * z + 2.0))
+    return (0.5 + 0.42 * cells)[:, None].expand(-1, 3)
+
+
 SHAPES = {  # name: (SDF, albedo), both of normalised points
     "sphere_torus": (_sphere_torus_sdf, _sphere_torus_albedo),
     "box_ellipsoid": (_box_ellipsoid_sdf, _box_ellipsoid_albedo),
     "handle": (_handle_sdf, _handle_albedo),
     "bowl": (_bowl_sdf, _bowl_albedo),
+    "pierced_block": (_pierced_block_sdf, _pierced_block_albedo),
 }
-SHAPE_RADII = {"sphere_torus": 0.675, "box_ellipsoid": 0.625, "handle": 0.62, "bowl": 0.645}  # bounds of |p| on each
+SHAPE_RADII = {"sphere_torus": 0.675, "box_ellipsoid": 0.625, "handle": 0.62, "bowl": 0.645, "pierced_block": 0.61}  # bounds of |p|
 
 
 def _check_shape(shape: str) -> None:

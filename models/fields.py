@@ -1,10 +1,13 @@
 """Neural fields: a signed distance field (encoder -> MLP) and a colour field."""
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from models.encoders.spherical_harmonics import spherical_harmonics
 
@@ -17,6 +20,20 @@ def make_activation(name: str, beta: float = 100.0) -> nn.Module:
     if name not in table:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(table)}")
     return table[name]()
+
+
+@contextlib.contextmanager
+def weights_computed_once(module: nn.Module) -> Iterator[None]:
+    """Within the block, every parametrised weight of ``module`` (weight normalisation) is computed once, in the
+    current grad mode, and reused by every call, instead of on each call: sphere tracing and dense sampling call
+    an SDF network dozens of times a step. Autograd still reaches the underlying parameters through the one
+    cached computation. The weights must not change inside the block (no optimiser step)."""
+    with parametrize.cached():
+        for part in module.modules():  # computed here, so calls under no_grad (sphere tracing) reuse a differentiable copy
+            if parametrize.is_parametrized(part):
+                for name in part.parametrizations:
+                    getattr(part, name)
+        yield
 
 
 class SDFField(nn.Module):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.fields import ColorField, SDFField
+from models.fields import ColorField, SDFField, weights_computed_once
 from models.ray_tracing import SphereTracer, differentiable_surface_points
 from models.rays import RayBundle
 
@@ -37,6 +37,11 @@ class IDRModel(nn.Module):
         the SDF gradients at all traced points (eikonal loss); with ``laplacian``, also
         ``sample_laplacian`` (R,) the SDF Laplacians there (curvature loss).
         """
+        with weights_computed_once(self):
+            return self._render(rays, object_mask, background, create_graph, laplacian)
+
+    def _render(self, rays: RayBundle, object_mask: torch.Tensor | None, background: torch.Tensor, create_graph: bool,
+                laplacian: bool) -> dict[str, torch.Tensor]:
         n = len(rays)
         o, d = rays.origins, rays.directions
         traced = self.tracer(self.geometry.sdf, o, d, object_mask)

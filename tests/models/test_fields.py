@@ -6,7 +6,7 @@ import torch
 
 from models.encoders import FrequencyEncoder, HashGridEncoder
 from models.encoders.spherical_harmonics import spherical_harmonics
-from models.fields import ColorField, SDFField
+from models.fields import ColorField, SDFField, weights_computed_once
 
 
 @pytest.mark.parametrize("make_encoder", [lambda: HashGridEncoder(log2_table_size=12), lambda: FrequencyEncoder(6)], ids=["hashgrid", "frequency"])
@@ -140,3 +140,27 @@ def test_color_field_modes(mode):
     n = torch.nn.functional.normalize(torch.randn(10, 3), dim=-1)
     rgb = field(torch.rand(10, 3), n, n, torch.rand(10, 8))
     assert rgb.shape == (10, 3) and (rgb >= 0).all() and (rgb <= 1).all()
+
+
+def test_weights_computed_once_keep_every_gradient():
+    """A step that evaluates the SDF many times under no_grad (sphere tracing) and then once with autograd, with its
+    weight-normalised weights computed once: the same values and parameter gradients as computing them on every call."""
+    torch.manual_seed(0)
+    field = SDFField(FrequencyEncoder(n_frequencies=4), hidden_dim=32, n_layers=3, skip_layer=2, weight_norm=True)
+    x = torch.rand(64, 3) * 2 - 1
+
+    def step() -> list[torch.Tensor]:
+        field.zero_grad()
+        with torch.no_grad():
+            near = x - 0.01 * field.sdf(x)[:, None]  # a tracing step without autograd
+        sdf, _, grad = field.forward_with_gradient(near, create_graph=True)
+        (sdf.square().sum() + (grad.norm(dim=-1) - 1).square().sum()).backward()
+        return [p.grad.clone() for p in field.parameters()]
+
+    plain = step()
+    calls = []
+    field.layers[0].parametrizations.weight.register_forward_hook(lambda *args: calls.append(1))
+    with weights_computed_once(field):
+        cached = step()
+    assert len(calls) == 1  # three evaluations of the first layer, one weight computation
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, cached))
