@@ -155,8 +155,7 @@ def hashgrid_rows(device: torch.device, smoke: bool) -> list[str]:
     grad_out = torch.randn(n, encoder.n_levels * 2, generator=generator).to(device)
 
     def torch_path(points: torch.Tensor) -> torch.Tensor:
-        idx, w, _ = encoder._corners(points)  # the PyTorch gather, also on CUDA where forward() is fused
-        return encoder._interpolate(points, encoder.table[idx], encoder._combine(w[:, :, 0], w[:, :, 1], w[:, :, 2]))[:, 3:]
+        return encoder.forward_with_jacobian(points)[0][:, 3:]  # pure PyTorch, also on CUDA where forward() is fused
 
     def evaluate(encode: Callable[[torch.Tensor], torch.Tensor], params: torch.Tensor) -> tuple[torch.Tensor, ...]:
         params.grad = None
@@ -194,10 +193,8 @@ def occupancy_rows(device: torch.device, smoke: bool) -> list[str]:
                 "| renderer | nerfacc weights | skipped: needs CUDA and nerfacc (CPU: tests/models/test_renderers.py "
                 "checks nerfacc's padded weights) | - | - | - |"]
     resolution, n_rays = (32, 256) if smoke else (128, 8192)
-    grid = NerfaccOccupancyGrid(resolution=resolution).to(device)
-    radius = grid.cell_centers().norm(dim=-1).view(grid.occupied.shape)
-    grid.occupied.copy_((radius > 0.4) & (radius < 0.6))  # a shell
-    grid._sync_estimator()
+    grid = NerfaccOccupancyGrid(resolution=resolution, decay=0.0).to(device)
+    grid.update(lambda p: ((p.norm(dim=-1) > 0.4) & (p.norm(dim=-1) < 0.6)).float())  # a shell, one update
     generator = torch.Generator().manual_seed(0)
     origins = torch.nn.functional.normalize(torch.randn(n_rays, 3, generator=generator), dim=-1) * 2.5
     dirs = torch.nn.functional.normalize(torch.rand(n_rays, 3, generator=generator) - 0.5 - origins, dim=-1)
