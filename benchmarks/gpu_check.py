@@ -94,8 +94,14 @@ def stage_extras(cuda: bool, smoke: bool) -> str:
     """Install the extras of the package index, build nerfacc's CUDA extension, report triton and tcnn."""
     lines = []
     for requirement in INDEX_EXTRAS:
-        if smoke:
-            lines.append(f"- `{requirement}`: smoke run, not installed")
+        name, _, version = requirement.partition("==")
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed == version or smoke:
+            lines.append(f"- `{requirement}`: " + ("already installed" if installed == version else
+                                                   f"smoke run, not installed (installed: {installed})"))
             continue
         result = run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", requirement], 600)
         lines.append(f"- `pip install {requirement}`: " + ("ok" if result.returncode == 0 else
@@ -338,7 +344,7 @@ def main() -> None:
         stage_started = time.time()
         print(f"== {name}", flush=True)
         parts.append(stages[name]())
-        print(parts[-1], f"\n({name}: {time.time() - stage_started:.0f} s)", flush=True)
+        print(f"{parts[-1]}\n({name}: {time.time() - stage_started:.0f} s)", flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     report = (f"\n### GPU check, {date.today()}, commit {commit}, {device_name()}\n\n`python benchmarks/gpu_check.py "
               f"{' '.join(sys.argv[1:])}`".rstrip() + f", {time.time() - started:.0f} s in all.\n\n" + "\n\n".join(parts) + "\n")
