@@ -1,4 +1,5 @@
 """benchmarks/gpu_check.py: the plan of a GPU run, and every stage of it on tiny sizes on the CPU (--smoke)."""
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_smoke_runs_every_stage_on_the_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert all(f"== {stage}\n" in out for stage in STAGES)
-    assert "triton 3.9.0: fused kernels run under the CPU interpreter" in out
+    assert f"triton {importlib.metadata.version('triton')}: fused kernels run under the CPU interpreter" in out
     assert "tiny-cuda-nn: not installed (not on the package index" in out
     assert "tests collected" in out and "(collected only: they need CUDA)" in out
     fused = next(line for line in out.splitlines() if line.startswith("| hash grid | fused Triton (CPU interpreter)"))
