@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu_check import STAGES, first_reaching
+from benchmarks.gpu_check import BUDGET_S, EVAL_S, RECIPE_MAX_TIME_S, STAGES, first_reaching, train_overrides
+from launch import compose_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +28,16 @@ def test_dry_run_prints_the_plan_of_a_gpu_run():
     assert speed.count("trainer.precision=16-mixed") == 2 and speed.count("system.model.grid.enabled=false") == 2
     assert "encoder.log2_table_size=19" in speed
     assert "experiment=dtu-neus-gpu" in train and "IoU >= 0.98" in train
+
+
+def test_training_is_capped_to_what_the_budget_leaves():
+    max_time = compose_config(["experiment=dtu-neus-gpu"]).trainer.max_time
+    days, hours, minutes, seconds = (int(part) for part in max_time.split(":"))
+    assert ((days * 24 + hours) * 60 + minutes) * 60 + seconds == RECIPE_MAX_TIME_S < BUDGET_S - EVAL_S
+    assert train_overrides(False, Path("d")) == ["experiment=dtu-neus-gpu", "data_dir=d"]  # the recipe's own cap
+    assert train_overrides(False, Path("d"), 100)[-1] == "trainer.max_time=00:00:00:40"
+    assert train_overrides(False, Path("d"), EVAL_S + 95)[-1] == "trainer.max_time=00:00:01:35"
+    assert train_overrides(False, Path("d"), 0)[-1] == "trainer.max_time=00:00:00:30"
 
 
 @pytest.mark.slow
