@@ -11,11 +11,17 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # nerfacc and torch.utils.cpp_extension JIT-compile CUDA code on first use (GPU machines only): keep
 # their build cache out of the home directory and shared between test sessions.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir(), "sdfrecon_torch_extensions"))
+# Without a GPU, Triton's kernels run under its CPU interpreter, so the fused hash-grid tests run in CI. The
+# switch is read when a kernel is decorated, i.e. when models.encoders is first imported: it must be set here,
+# before any test module is collected. On a CUDA machine the kernels compile for the GPU as in training.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # A tiny synthetic scene and budget for end-to-end runs of the CLI.
 TINY = [

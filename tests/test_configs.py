@@ -16,6 +16,9 @@ def test_experiments_set_what_their_names_say() -> None:
     dtu = compose_config(["experiment=dtu-neus", "scan=37"])
     assert dtu.dataset.root.endswith("dtu/scan37") and dtu.system.model._target_ == "models.neus.NeuSModel"
     assert (dtu.trainer.max_time, dtu.trainer.max_steps, dtu.system.eval_downscale) == ("00:00:20:00", None, 2)  # a 20-minute budget
+    gpu = compose_config(["experiment=dtu-neus-gpu"])
+    assert gpu.dataset.root.endswith("dtu/scan24") and gpu.encoder.finest_resolution == 2048
+    assert (gpu.encoder.n_levels, gpu.encoder.log2_table_size, gpu.system.rays.target_samples) == (16, 19, 262144)
     idr = compose_config(["experiment=idr-noisy-cameras", "trainer.max_steps=7"])
     assert idr.system.model._target_ == "models.idr.IDRModel" and idr.camera._target_.endswith("TrainableCameras")
     assert (idr.camera.noise.rotation_deg, idr.encoder.window_end, idr.trainer.max_steps) == (3, 1000, 7)  # the command line wins

@@ -87,3 +87,100 @@ def test_accumulate_mixes_precisions():
     """Under mixed precision the colours are half precision and the weights float32: the sum keeps float32."""
     out = accumulate(torch.tensor([0.5, 0.25, 1.0]), torch.ones(3, 2, dtype=torch.bfloat16), torch.tensor([0, 0, 1]), 2)
     assert out.dtype == torch.float32 and torch.equal(out, torch.tensor([[0.75, 0.75], [1.0, 1.0]]))
+
+
+# nerfacc 0.5.3 on the CPU: its packed (ray_indices / packed_info) scans raise "Only support cuda inputs", but
+# the padded (n_rays, samples) weights and transmittance and accumulate_along_rays are plain PyTorch. They
+# are the reference here: packed samples are laid out padded (zero opacity after a ray's last sample, which
+# changes no weight) and the two paths compared value for value and gradient for gradient.
+
+COUNTS = torch.tensor([5, 0, 3, 7, 1, 12])  # an empty ray, a single-sample ray
+
+
+def packed_to_padded(values: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed per-sample values (S,) of rays with ``counts`` samples -> zero-padded (R, max count) and the
+    (S,) flat index of each sample in it."""
+    ray_indices = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    within = torch.arange(len(ray_indices)) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    flat = ray_indices * int(counts.max()) + within
+    padded = torch.zeros(len(counts) * int(counts.max()), dtype=values.dtype).index_put((flat,), values)
+    return padded.view(len(counts), -1), flat
+
+
+def neus_samples(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """NeuS opacities (S,) of samples near a surface, and a fixed upstream gradient (S,)."""
+    generator = torch.Generator().manual_seed(0)
+    sdf = torch.randn(n, generator=generator) * 0.05
+    grad = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
+    dt = torch.full((n,), 0.01)
+    alpha = neus_alpha(sdf, grad, dirs, dt, torch.tensor(64.0), cos_anneal_ratio=0.5)
+    return alpha, torch.randn(n, generator=generator)
+
+
+def test_packed_weights_match_nerfacc_weights_and_transmittance_from_alpha():
+    import nerfacc
+
+    ray_indices = torch.repeat_interleave(torch.arange(len(COUNTS)), COUNTS)
+    alpha, upstream = neus_samples(len(ray_indices))
+    assert 0.05 < alpha.max() < 1  # a few samples near the surface carry most of the weight
+    ours_alpha = alpha.clone().requires_grad_()
+    ours = packed_weights(ours_alpha, ray_indices, len(COUNTS))
+    (ours * upstream).sum().backward()
+    padded, flat = packed_to_padded(alpha, COUNTS)
+    theirs_alpha = padded.clone().requires_grad_()
+    theirs, transmittance = nerfacc.render_weight_from_alpha(theirs_alpha)
+    (theirs.view(-1)[flat] * upstream).sum().backward()
+    torch.testing.assert_close(ours.detach(), theirs.detach().view(-1)[flat], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ours_alpha.grad, theirs_alpha.grad.view(-1)[flat], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(transmittance.view(-1)[flat], nerfacc.render_transmittance_from_alpha(padded).view(-1)[flat])
+    torch.testing.assert_close(ours.detach() / alpha, transmittance.view(-1)[flat], rtol=1e-5, atol=1e-7)
+
+
+def test_volsdf_weights_match_nerfacc_weights_from_density():
+    """VolSDF's opacity 1 - exp(-sigma dt) composited by packed_weights against nerfacc's weights from
+    density on the same (t_start, t_end, sigma)."""
+    import nerfacc
+
+    from models.volsdf import laplace_density
+
+    ray_indices = torch.repeat_interleave(torch.arange(len(COUNTS)), COUNTS)
+    generator = torch.Generator().manual_seed(2)
+    sdf = torch.randn(len(ray_indices), generator=generator) * 0.05
+    t_starts = torch.rand(len(ray_indices), generator=generator)
+    t_ends = t_starts + 0.005 + 0.02 * torch.rand(len(ray_indices), generator=generator)
+    upstream = torch.randn(len(ray_indices), generator=generator)
+    beta = torch.tensor(0.02)
+    ours_sdf = sdf.clone().requires_grad_()
+    ours = packed_weights(-torch.expm1(-laplace_density(ours_sdf, beta) * (t_ends - t_starts)), ray_indices)
+    (ours * upstream).sum().backward()
+    theirs_sdf = sdf.clone().requires_grad_()
+    sigma, flat = packed_to_padded(laplace_density(theirs_sdf, beta), COUNTS)
+    starts, _ = packed_to_padded(t_starts, COUNTS)
+    ends, _ = packed_to_padded(t_ends, COUNTS)
+    theirs = nerfacc.render_weight_from_density(starts, ends, sigma)[0].view(-1)[flat]
+    (theirs * upstream).sum().backward()
+    assert ours.max() > 0.1
+    torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_sdf.grad, theirs_sdf.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_accumulate_matches_nerfacc_accumulate_along_rays():
+    import nerfacc
+
+    ray_indices = torch.repeat_interleave(torch.arange(len(COUNTS)), COUNTS)
+    weights, _ = neus_samples(len(ray_indices))
+    colours = torch.rand(len(ray_indices), 3, generator=torch.Generator().manual_seed(3))
+    theirs = nerfacc.accumulate_along_rays(weights, colours, ray_indices=ray_indices, n_rays=len(COUNTS))
+    torch.testing.assert_close(accumulate(weights, colours, ray_indices, len(COUNTS)), theirs)
+    opacity = nerfacc.accumulate_along_rays(weights, None, ray_indices=ray_indices, n_rays=len(COUNTS))
+    torch.testing.assert_close(accumulate(weights, None, ray_indices, len(COUNTS)), opacity[:, 0])
+    assert opacity[1] == 0 and opacity.max() > 0
+
+
+def test_nerfacc_packed_scans_need_cuda():
+    """What the README says: nerfacc's packed weights refuse CPU tensors, so the CPU path is ours."""
+    import nerfacc
+
+    with pytest.raises(NotImplementedError, match="cuda"):
+        nerfacc.render_weight_from_alpha(torch.rand(4), ray_indices=torch.tensor([0, 0, 1, 1]), n_rays=2)
