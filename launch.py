@@ -28,7 +28,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, InstantiationException, OverrideParseException
-from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -41,10 +40,11 @@ from models.cameras import FixedCameras
 from systems.config import SequenceSettings, as_section, check_sections, check_targets, register_configs
 from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, resume_hint
 from systems.inspect import inspect_init, transfer
+from systems.trust import build, check_saved_overrides, check_targets as check_run_targets, trust_command_line
 from systems.sequence import moving_cameras, train_sequence
 from systems.video import render_videos
-from systems.run_dir import (HYDRA_ENTRIES, check_new_run_dir, find_checkpoint, folder_state, own_checkpoint, remove_created,
-                             remove_temporaries)
+from systems.run_dir import (HYDRA_ENTRIES, adopt, check_new_run_dir, claim, find_checkpoint, folder_state, load_weights,
+                             own_checkpoint, remove_created, remove_temporaries)
 
 log = logging.getLogger("launch")
 MODES = ("train", "test", "eval", "export", "inspect_init", "transfer", "video")
@@ -53,8 +53,10 @@ DATASET_META = ("name", "scene", "background")
 # Keys of _target_ nodes that are ours, not arguments of the target (check_targets and build_trainer leave them out).
 TARGET_META = {"dataset": DATASET_META, "trainer": ("checkpoint_every_n_steps",)}
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-# Whether an explicit hydra.run.dir existed before this process (set by prepare_argv; None: Hydra made it).
+# Whether an explicit hydra.run.dir existed before this process, and the names it held before prepare_argv
+# claimed it (set by prepare_argv; None: Hydra made the folder, main claims it).
 RUN_DIR_EXISTED: bool | None = None
+RUN_DIR_BEFORE: set[str] | None = None
 # A sweep's folder (set by prepare_argv); its failed jobs append one line each to FAILED_JOBS_FILE there, from
 # whichever process ran them (the basic launcher's, joblib's or submitit's workers).
 SWEEP_DIR: Path | None = None
@@ -128,7 +130,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
     is refused unless it is new, empty or a run of ours that stopped before writing results, so no
     run and no user file is ever overwritten.
     """
-    global RUN_DIR_EXISTED, SWEEP_DIR
+    global RUN_DIR_EXISTED, RUN_DIR_BEFORE, SWEEP_DIR
     args = argv[1:]
     if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc") for a in args):
         return argv  # Hydra's own commands
@@ -142,8 +144,10 @@ def prepare_argv(argv: list[str]) -> list[str]:
         saved_file = run_dir / ".hydra" / "overrides.yaml"
         saved = yaml.safe_load(saved_file.read_text()) if saved_file.is_file() else []
         given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
-        skip = given | {"resume", "mode", "hydra.run.dir"}
+        skip = given | {"resume", "mode", "hydra.run.dir", "trust_run_targets"}  # a run cannot trust itself
         kept = [a for a in saved if a.split("=", 1)[0].lstrip("+~") not in skip]
+        trust_command_line(args, _arg(args, "trust_run_targets") == "true")
+        check_saved_overrides(kept, origin=str(saved_file))
         check_config([*kept, *args])
         return [argv[0], *kept, *args, f"hydra.run.dir={run_dir}"]
     check_config(args)
@@ -151,6 +155,8 @@ def prepare_argv(argv: list[str]) -> list[str]:
     if run_dir and not multirun and not (resume == "auto" and folder_state(Path(run_dir)) in ("run", "started")):
         check_new_run_dir(Path(run_dir))
         RUN_DIR_EXISTED = Path(run_dir).exists()
+        RUN_DIR_BEFORE = {p.name for p in Path(run_dir).iterdir()} if RUN_DIR_EXISTED else set()
+        claim(Path(run_dir))  # first, atomically: a second run started into it now is refused
     sweep_dir = _arg(args, "hydra.sweep.dir")
     if sweep_dir and multirun and folder_state(Path(sweep_dir)) not in ("absent", "empty") and not (
             resume == "auto" and (Path(sweep_dir) / "multirun.yaml").is_file()):  # resume=auto re-runs a sweep of ours
@@ -172,12 +178,11 @@ def load_scene(cfg: DictConfig):
     if "root" in loader and not Path(loader["root"]).is_dir() and "${data_dir}" in str(cfg.dataset._get_node("root")._value()):
         raise InputError(loader["root"], f"scene folder does not exist (searched under data_dir={cfg.data_dir}); pass data_dir=DIR "
                                          "(the folder holding dtu/, nerf_synthetic/) or dataset.root=SCENE_DIR")
-    # Called directly rather than through instantiate, which would wrap our InputError.
-    return get_method(loader.pop("_target_"))(**loader)
+    return build(loader, _convert_="all")
 
 
 def default_resolution(cfg: DictConfig) -> int:
-    if cfg.export.resolution:
+    if cfg.export.resolution is not None:
         return int(cfg.export.resolution)
     return 512 if torch.cuda.is_available() else 192
 
@@ -195,7 +200,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer
     writes, no sanity validation, validation by steps, autograd in evaluation (SDF normals)."""
     def build(key: str, node: Any, **kwargs: Any) -> Any:
         try:
-            return instantiate(node, _convert_="object", **kwargs)
+            return build(node, _convert_="object", **kwargs)
         except InstantiationException as err:  # e.g. Lightning refusing a strategy or precision: one line naming the node
             cause = err.__cause__ or err
             raise InputError(key, (str(cause).strip().splitlines() or [type(cause).__name__])[0]) from err
@@ -207,11 +212,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer
     return build("trainer", trainer, logger=logger, callbacks=[*named, TerminateTestOnSigterm(run_dir, cfg.mode), *callbacks],
                  enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in named), plugins=[AtomicCheckpointIO()],
                  check_val_every_n_epoch=None, num_sanity_val_steps=0, enable_model_summary=False, inference_mode=False)
-
-
-def load_checkpoint(ckpt: Path) -> dict:
-    """A Lightning checkpoint as saved by our trainer (weights, step, optimiser, loop state)."""
-    return torch.load(ckpt, map_location="cpu", weights_only=False)
 
 
 def as_input_error(err: Exception) -> InputError:
@@ -243,9 +243,9 @@ def build_system(cfg: DictConfig, run_dir: Path, checkpoint: dict | None = None,
     # A scene's own noisy starting poses (IDR's cameras_linear_init.npz) go to cameras that take them.
     start = {"init_c2w": scene.init_c2w} if scene.init_c2w is not None and "use_init_file" in cfg.camera else {}
     try:
-        cameras = instantiate(cfg.camera, intrinsics=scene.intrinsics, c2w=scene.c2w, **start)
+        cameras = build(cfg.camera, intrinsics=scene.intrinsics, c2w=scene.c2w, **start)
         # The scene is passed after instantiation: Hydra would turn its dataclass into a config.
-        system = instantiate(cfg.system, run_dir=str(run_dir), _convert_="object", _partial_=True)(scene=scene, cameras=cameras)
+        system = build(cfg.system, run_dir=str(run_dir), _convert_="object", _partial_=True)(scene=scene, cameras=cameras)
     except InstantiationException as err:
         raise as_input_error(err) from err
     if checkpoint is not None:
@@ -257,17 +257,14 @@ def load_run(path: str):
     """The trained system of a finished run directory (or checkpoint), built from its saved config."""
     run_dir, ckpt = find_checkpoint(path)
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    check_run_targets(cfg, origin=str(run_dir / ".hydra" / "config.yaml"))  # data, not code
     if "eps" in cfg.system.get("optim", {}):  # saved before Adam's eps moved to system.optimizer (loading needs no optimiser)
         cfg.system.optim.pop("eps")
-    return build_system(cfg, run_dir, load_checkpoint(ckpt)).eval()
+    return build_system(cfg, run_dir, load_weights(ckpt)).eval()
 
 
 def outputs(cfg: DictConfig, run_dir: Path, mesh_path: Path) -> tuple[MeshExport, Evaluation]:
     """The mesh export (to ``mesh_path``) and evaluation (``run_dir/metrics.json``) callbacks of ``cfg.export``, ``cfg.eval``."""
-    if cfg.export.target_faces is not None and cfg.export.target_faces < 4:
-        raise InputError("export.target_faces", f"must be at least 4 (a tetrahedron), got {cfg.export.target_faces}")
-    if cfg.export.texture and cfg.export.texture_size < 16:
-        raise InputError("export.texture_size", f"must be at least 16 texels, got {cfg.export.texture_size}")
     export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors,
                         cameras_path=run_dir / "cameras_refined.npz", target_faces=cfg.export.target_faces,
                         texture_size=cfg.export.texture_size if cfg.export.texture else None)
@@ -320,7 +317,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             log.info("removed %s, left by an interrupted write", stale)
         log.info("resuming from %s", ckpt)
     # Training resumes through Lightning (optimiser and loops too); other modes need the weights only.
-    checkpoint = load_checkpoint(ckpt) if ckpt is not None and cfg.mode != "train" else None
+    checkpoint = load_weights(ckpt) if ckpt is not None and cfg.mode != "train" else None
     system = build_system(cfg, run_dir, checkpoint, scene=data)
     if cfg.mode == "inspect_init":
         return {"inspect": [str(p) for p in inspect_init(system, run_dir / "inspect")]}
@@ -339,7 +336,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     callbacks = [evaluation] if cfg.mode == "eval" and mesh_path.exists() else [export, evaluation]
     trainer = build_trainer(cfg, run_dir, callbacks)
     if cfg.mode == "train":
-        trainer.fit(system, ckpt_path=str(ckpt) if ckpt else None)
+        trainer.fit(system, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         evaluation.extra = {"train_time_s": round(time.time() - started, 1)}
     else:
@@ -400,18 +397,23 @@ def main(cfg: DictConfig) -> float | None:
     if auto:  # continue this run directory when it holds a checkpoint (a requeued or re-run job), else start it
         cfg.resume = own_checkpoint(run_dir)
     fresh = not cfg.resume
-    before = {p.name for p in run_dir.iterdir()} - HYDRA_ENTRIES
     child = ddp_child()  # in rank 0's run directory, which it checked
+    trust_command_line(HydraConfig.get().overrides.task, cfg.trust_run_targets)
+    kept = RUN_DIR_BEFORE  # what a failed start leaves: None unless this process claimed run_dir
     try:
-        # A timestamp or sweep folder that is taken: leave everything as it is (resume=auto may restart a run of ours).
-        if fresh and before and not child and not (auto and folder_state(run_dir) == "run"):
-            raise InputError(run_dir, "run directory already holds files; pass resume=DIR to continue a run or choose a new one")
+        if fresh and not auto and kept is None and not child:  # Hydra made the folder: claim it, unless taken
+            if {p.name for p in run_dir.iterdir()} - HYDRA_ENTRIES:
+                raise InputError(run_dir, "run directory already holds files; pass resume=DIR to continue a run or choose a new one")
+            claim(run_dir)
+            kept = set()
+        elif not child and kept is None:
+            adopt(run_dir)  # a resumed run made before the marker
         if HydraConfig.get().mode == RunMode.MULTIRUN and (cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1):
             raise InputError("trainer.devices", "a -m sweep runs each job on one device (DDP re-runs the command line)")
         metrics = run(cfg, run_dir)
     except InputError as err:
-        if fresh and not before and not child and not any((run_dir / name).exists() for name in ("checkpoints", "frames")):
-            remove_created(run_dir, set(), remove_folder=not RUN_DIR_EXISTED)
+        if fresh and kept is not None and not child and not any((run_dir / name).exists() for name in ("checkpoints", "frames")):
+            remove_created(run_dir, kept, remove_folder=not RUN_DIR_EXISTED)
         fail(f"error: {err}", 2)
         return objective_value(cfg, None)
     except SIGTERMException:  # Lightning's, raised at the end of the step in which the signal came

@@ -20,6 +20,7 @@ from datasets.errors import InputError
 from models.mesh import decimate
 from models.metrics import chamfer_distance, downsample_points, dtu_official_distances, sample_surface_grid, visible_in_masks
 from systems.mesh_io import atomic_write, dtu_official_paths, load_dtu_official, load_reference
+from systems.run_dir import load_weights
 
 log = logging.getLogger(__name__)
 TENSORBOARD_MAX_FACES = 50_000  # meshes logged to TensorBoard are decimated to this many faces
@@ -45,7 +46,11 @@ class StepSchedules(pl.Callback):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file and renames it, so a killed run never leaves a
-    truncated ``last.ckpt`` behind."""
+    truncated ``last.ckpt`` behind; reads with ``weights_only=True`` whatever Lightning asks for, so
+    restoring ``ckpt_path`` never unpickles code."""
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_weights(Path(path))
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
