@@ -198,18 +198,18 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer
     ``checkpoint`` writes to ``run_dir/checkpoints``), then ``callbacks``, and the logger of ``cfg.logger`` in
     ``run_dir/tensorboard``. What the run directory and the systems rely on is fixed here: atomic checkpoint
     writes, no sanity validation, validation by steps, autograd in evaluation (SDF normals)."""
-    def build(key: str, node: Any, **kwargs: Any) -> Any:
+    def make(key: str, node: Any, **kwargs: Any) -> Any:
         try:
             return build(node, _convert_="object", **kwargs)
         except InstantiationException as err:  # e.g. Lightning refusing a strategy or precision: one line naming the node
             cause = err.__cause__ or err
             raise InputError(key, (str(cause).strip().splitlines() or [type(cause).__name__])[0]) from err
 
-    named = [build(f"callbacks.{name}", node, **({"dirpath": str(run_dir / "checkpoints")} if name == "checkpoint" else {}))
+    named = [make(f"callbacks.{name}", node, **({"dirpath": str(run_dir / "checkpoints")} if name == "checkpoint" else {}))
              for name, node in cfg.callbacks.items() if node is not None]
-    logger = build("logger", cfg.logger, save_dir=str(run_dir), name="tensorboard", version="")
+    logger = make("logger", cfg.logger, save_dir=str(run_dir), name="tensorboard", version="")
     trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in TARGET_META["trainer"]}
-    return build("trainer", trainer, logger=logger, callbacks=[*named, TerminateTestOnSigterm(run_dir, cfg.mode), *callbacks],
+    return make("trainer", trainer, logger=logger, callbacks=[*named, TerminateTestOnSigterm(run_dir, cfg.mode), *callbacks],
                  enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in named), plugins=[AtomicCheckpointIO()],
                  check_val_every_n_epoch=None, num_sanity_val_steps=0, enable_model_summary=False, inference_mode=False)
 
