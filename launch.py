@@ -33,12 +33,12 @@ from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from datasets.errors import InputError
+from datasets.errors import InputError, one_line
 from datasets.scene import Scene
 from datasets.sequence import Sequence
 from models.cameras import FixedCameras
 from systems.config import SequenceSettings, as_section, check_sections, check_targets, register_configs
-from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, resume_hint
+from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, exit_on_sigterm, resume_hint
 from systems.inspect import inspect_init, transfer
 from systems.trust import build, check_saved_overrides, check_targets as check_run_targets, trust_command_line
 from systems.sequence import moving_cameras, train_sequence
@@ -102,7 +102,7 @@ def check_config(args: list[str]) -> None:
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
     except OverrideParseException as err:
-        raise InputError("command line", str(err).strip().splitlines()[0]) from err
+        raise InputError("command line", one_line(str(err))) from err
     plain = [o.input_line for o in overrides if not o.key_or_group.startswith("hydra") and not o.is_sweep_override()]
     variants = [plain]
     for o in overrides:
@@ -193,23 +193,24 @@ def ddp_child() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resume_dir: Path | None = None) -> pl.Trainer:
     """Lightning's trainer from ``cfg.trainer``, with the callbacks of ``cfg.callbacks`` (null ones left out;
     ``checkpoint`` writes to ``run_dir/checkpoints``), then ``callbacks``, and the logger of ``cfg.logger`` in
     ``run_dir/tensorboard``. What the run directory and the systems rely on is fixed here: atomic checkpoint
-    writes, no sanity validation, validation by steps, autograd in evaluation (SDF normals)."""
+    writes, no sanity validation, validation by steps, autograd in evaluation (SDF normals). A SIGTERM in the test
+    phase names ``resume_dir`` (default ``run_dir``) in its resume line."""
     def make(key: str, node: Any, **kwargs: Any) -> Any:
         try:
             return build(node, _convert_="object", **kwargs)
         except InstantiationException as err:  # e.g. Lightning refusing a strategy or precision: one line naming the node
             cause = err.__cause__ or err
-            raise InputError(key, (str(cause).strip().splitlines() or [type(cause).__name__])[0]) from err
+            raise InputError(key, one_line(str(cause), type(cause).__name__)) from err
 
     named = [make(f"callbacks.{name}", node, **({"dirpath": str(run_dir / "checkpoints")} if name == "checkpoint" else {}))
              for name, node in cfg.callbacks.items() if node is not None]
     logger = make("logger", cfg.logger, save_dir=str(run_dir), name="tensorboard", version="")
     trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in TARGET_META["trainer"]}
-    return make("trainer", trainer, logger=logger, callbacks=[*named, TerminateTestOnSigterm(run_dir, cfg.mode), *callbacks],
+    return make("trainer", trainer, logger=logger, callbacks=[*named, TerminateTestOnSigterm(resume_dir or run_dir, cfg.mode), *callbacks],
                  enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in named), plugins=[AtomicCheckpointIO()],
                  check_val_every_n_epoch=None, num_sanity_val_steps=0, enable_model_summary=False, inference_mode=False)
 
@@ -222,8 +223,7 @@ def as_input_error(err: Exception) -> InputError:
         match = re.search(r"full_key: (\S+)", str(cause))
         where = match.group(1) if match else where
         if cause.__cause__ is None or isinstance(cause, OmegaConfBaseException):
-            text = str(cause).strip()
-            return InputError(where, text.splitlines()[0] if text else type(cause).__name__)
+            return InputError(where, one_line(str(cause), type(cause).__name__))
         cause = cause.__cause__
     return cause
 
@@ -290,7 +290,7 @@ def run_sequence(cfg: DictConfig, run_dir: Path, sequence: Sequence) -> dict:
         frame.trainer.max_steps = steps
         if not checkpoints:
             frame.callbacks.checkpoint = None
-        return build_trainer(frame, folder, callbacks)
+        return build_trainer(frame, folder, callbacks, resume_dir=run_dir)  # a sequence resumes as a whole
 
     settings = as_section(SequenceSettings, OmegaConf.to_container(cfg.sequence))
     return train_sequence(sequence, settings, run_dir, make_system, make_trainer, lambda folder, mesh: outputs(cfg, folder, mesh))
@@ -319,6 +319,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     # Training resumes through Lightning (optimiser and loops too); other modes need the weights only.
     checkpoint = load_weights(ckpt) if ckpt is not None and cfg.mode != "train" else None
     system = build_system(cfg, run_dir, checkpoint, scene=data)
+    if cfg.mode in ("video", "export"):  # no Lightning loop here to defer a SIGTERM to
+        exit_on_sigterm(run_dir, cfg.mode)
     if cfg.mode == "inspect_init":
         return {"inspect": [str(p) for p in inspect_init(system, run_dir / "inspect")]}
     if cfg.mode == "video":

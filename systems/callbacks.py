@@ -66,22 +66,29 @@ def resume_hint(run_dir: Path, mode: str = "train") -> str:
     return f"stopped by SIGTERM; continue with: python launch.py resume={run_dir}{again}"
 
 
+def exit_on_sigterm(run_dir: Path, mode: str = "train") -> None:
+    """From now on SIGTERM ends the process at the next Python instruction with exit status 143 and
+    :func:`resume_hint`: for phases that write files only atomically and train nothing (the test phase,
+    mode=export, mode=video), whose single calls of minutes Lightning's deferred SIGTERM cannot interrupt."""
+    line = (resume_hint(run_dir, mode) + "\n").encode()
+
+    def stop(signum: int, frame: Any) -> None:
+        os.write(2, line)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 class TerminateTestOnSigterm(pl.Callback):
     """Lightning defers a SIGTERM to the end of the current batch, but the test phase's mesh export and
-    Chamfer are single calls of minutes, so a plain ``kill`` went unanswered. That phase writes files
-    only atomically and trains nothing, so from its start SIGTERM ends the process at the next Python
-    instruction (between chunks of the export and the Chamfer) with exit status 143 and
-    :func:`resume_hint`."""
+    Chamfer are single calls of minutes, so a plain ``kill`` went unanswered: from the test phase's start,
+    :func:`exit_on_sigterm` (``run_dir``: the folder the hint names)."""
 
     def __init__(self, run_dir: Path, mode: str = "train") -> None:
-        self.line = (resume_hint(run_dir, mode) + "\n").encode()
+        self.run_dir, self.mode = run_dir, mode
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        def stop(signum: int, frame: Any) -> None:
-            os.write(2, self.line)
-            os._exit(128 + signum)
-
-        signal.signal(signal.SIGTERM, stop)
+        exit_on_sigterm(self.run_dir, self.mode)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import uuid
 import zipfile
@@ -95,9 +96,11 @@ def load_weights(path: Path, mmap: bool = False) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for truncated, foreign or pickled files
-        first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-        reason = first if len(first) <= 160 else first[:160].rsplit(" ", 1)[0] + " ..."
-        raise InputError(path, f"not a checkpoint that loads safely ({type(err).__name__}: {reason})") from err
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        reason = (f"it pickles {code.group(1)}, which is never unpickled here" if code else
+                  f"{type(err).__name__}: {next((line.strip() for line in text.splitlines() if line.strip()), '')}")
+        raise InputError(path, f"not a checkpoint that loads safely ({reason})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
         raise InputError(path, "not a checkpoint of launch.py (no state_dict and global_step)")
     return checkpoint

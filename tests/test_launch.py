@@ -180,6 +180,18 @@ def test_sigterm_in_the_test_phase_ends_the_run_at_once(start_launch, finished_r
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
 
 
+def test_sigterm_in_export_mode_says_how_to_resume(start_launch, terminate_when, finished_run, tmp_path):
+    run_dir = tmp_path / "exporting"
+    shutil.copytree(finished_run, run_dir)
+    log = run_dir / "launch.log"
+    before = log.stat().st_size
+    proc = start_launch(tmp_path / "stderr.txt", f"resume={run_dir}", "mode=export", "export.resolution=512")
+    terminate_when(proc, lambda: "exporting the mesh" in log.read_text()[before:])
+    last = (tmp_path / "stderr.txt").read_text().strip().splitlines()[-1]
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert last == f"stopped by SIGTERM; continue with: python launch.py resume={run_dir} mode=export"
+
+
 def one_line_error(result: subprocess.CompletedProcess) -> str:
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
@@ -202,9 +214,16 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
         (["dataset=dtu", "scan=65"], "searched under data_dir="),
         (["dataset.shape=cube"], "dataset.shape"),
         (["mode=transfer"], "geometry_run"),
+        (["export.resolution=0"], "export.resolution: must be at least 8, got 0"),
+        (["system.eval_downscale=0"], "system.eval_downscale: must be at least 1, got 0"),
+        (["system.rays.initial=-1"], "system.rays.initial"),
+        (["eval.chamfer_points=0"], "eval.chamfer_points"),
+        (["video.fps=0"], "video.fps"),
+        (["+callbacks.x={_target_:os.system,command:ls}"], "because it allows config data to control executable behavior or"),
     ],
     ids=["missing-folder", "unknown-group-option", "unknown-background", "unknown-mode", "test-without-run", "all-held-out",
-         "typed-section", "instantiate-error", "constructor-error", "missing-scan", "runtime-loader-error", "transfer-without-runs"],
+         "typed-section", "instantiate-error", "constructor-error", "missing-scan", "runtime-loader-error", "transfer-without-runs",
+         "export-resolution-0", "eval-downscale-0", "negative-rays", "no-chamfer-points", "video-fps-0", "hydra-blocklist-whole"],
 )
 def test_bad_input_is_one_line_and_leaves_no_run(launch, tiny, args, expected, data_dir, tmp_path):
     run_dir = tmp_path / "run"
