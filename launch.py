@@ -152,6 +152,9 @@ def prepare_argv(argv: list[str]) -> list[str]:
         return [argv[0], *kept, *args, f"hydra.run.dir={run_dir}"]
     check_config(args)
     run_dir = _arg(args, "hydra.run.dir")
+    if not run_dir and not multirun and resume != "auto":  # fixed here (as configs/config.yaml would name it), to be claimed
+        run_dir = f"outputs/{compose_config([a for a in args if not a.startswith('hydra')]).name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+        argv = [*argv, f"hydra.run.dir={run_dir}"]
     if run_dir and not multirun and not (resume == "auto" and folder_state(Path(run_dir)) in ("run", "started")):
         check_new_run_dir(Path(run_dir))
         RUN_DIR_EXISTED = Path(run_dir).exists()

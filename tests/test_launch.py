@@ -475,3 +475,11 @@ def test_a_folder_with_only_another_apps_hydra_files_is_left_intact(launch, data
     line = one_line_error(launch("dataset=colmap", "dataset.root=/nonexistent", f"data_dir={data_dir}", f"hydra.run.dir={folder}"))
     assert str(folder) in line
     assert {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()} == files
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line(launch, tiny, tmp_path):
+    """What a read-only or immutable parent gives (root ignores permissions, so a file stands in for the parent)."""
+    parent = tmp_path / "not_a_folder"
+    parent.write_text("mine")
+    line = one_line_error(launch(*tiny, f"hydra.run.dir={parent / 'run'}"))
+    assert f"{parent / 'run'}: cannot create the run directory" in line and parent.read_text() == "mine"
