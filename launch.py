@@ -21,7 +21,6 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -40,7 +39,7 @@ from models.cameras import FixedCameras
 from systems.config import SequenceSettings, as_section, check_sections, check_targets, register_configs
 from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, exit_on_sigterm, resume_hint
 from systems.inspect import inspect_init, transfer
-from systems.trust import build, check_saved_overrides, check_targets as check_run_targets, trust_command_line
+from systems.trust import build, check_run_targets, check_saved_overrides, read_saved_overrides, trust_command_line
 from systems.sequence import moving_cameras, train_sequence
 from systems.video import render_videos
 from systems.run_dir import (HYDRA_ENTRIES, adopt, check_new_run_dir, claim, find_checkpoint, folder_state, load_weights,
@@ -142,7 +141,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
     if resume and resume not in ("null", "auto") and not multirun:
         run_dir, _ = find_checkpoint(resume)
         saved_file = run_dir / ".hydra" / "overrides.yaml"
-        saved = yaml.safe_load(saved_file.read_text()) if saved_file.is_file() else []
+        saved = read_saved_overrides(saved_file)
         given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
         skip = given | {"resume", "mode", "hydra.run.dir", "trust_run_targets"}  # a run cannot trust itself
         kept = [a for a in saved if a.split("=", 1)[0].lstrip("+~") not in skip]

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-from hydra.errors import InstantiationException
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import InstantiationException, OverrideParseException
 from hydra._internal.utils import _locate
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -76,13 +79,26 @@ def refusal(key: str, target: Any, origin: str) -> InputError:
                            f"Lightning callbacks, loggers and Trainer); pass {TRUST_FLAG} if you trust that run")
 
 
-def check_targets(node: Any, origin: str, key: str = "", free: Iterable[str] = ()) -> None:
+def check_run_targets(node: Any, origin: str, key: str = "", free: Iterable[str] = ()) -> None:
     """Refuse (InputError) a ``_target_`` of ``node`` that is neither allowed nor in ``free`` nor trusted;
     ``origin`` (a file) names where the config came from."""
     free = set(free) | _free
     for full, target in targets(node, key):
         if not (_trust_all or target in free or allowed_target(target)):
             raise refusal(full, target, origin)
+
+
+def read_saved_overrides(path: Path) -> list[str]:
+    """The overrides a run saved (``.hydra/overrides.yaml``, a list of ``key=value`` strings); [] without the file."""
+    if not path.is_file():
+        return []
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise InputError(path, f"not readable YAML ({type(err).__name__})") from err
+    if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
+        raise InputError(path, "not a list of key=value overrides")
+    return saved
 
 
 def check_saved_overrides(overrides: list[str], origin: str) -> None:
@@ -93,7 +109,11 @@ def check_saved_overrides(overrides: list[str], origin: str) -> None:
     if hydra_key is not None and not _trust_all:
         raise InputError(origin, f"sets {hydra_key.split('=', 1)[0]!r}, which a run does not save there; "
                                  f"pass {TRUST_FLAG} if you trust that run")
-    check_targets(override_values(overrides), origin)
+    try:
+        values = override_values(overrides)
+    except OverrideParseException as err:
+        raise InputError(origin, f"not overrides that Hydra reads ({' '.join(str(err).split())})") from err
+    check_run_targets(values, origin)
 
 
 def trust_command_line(overrides: Iterable[str], trust_all: bool) -> None:
@@ -107,8 +127,6 @@ def trust_command_line(overrides: Iterable[str], trust_all: bool) -> None:
 
 def override_values(overrides: Iterable[str]) -> dict[str, Any]:
     """``{key: value}`` of ``key=value`` overrides, values parsed as Hydra does (dicts and lists)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     values: dict[str, Any] = {}
     for override in OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")]):
         if override.is_delete() or override.is_sweep_override():
@@ -119,12 +137,12 @@ def override_values(overrides: Iterable[str]) -> dict[str, Any]:
 
 
 def build(node: Any, origin: str = "the config", **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate(node, **kwargs)`` after :func:`check_targets`; an InputError raised by the
+    """``hydra.utils.instantiate(node, **kwargs)`` after :func:`check_run_targets`; an InputError raised by the
     target comes out as itself, not wrapped in Hydra's InstantiationException."""
-    check_targets(node, origin)
+    check_run_targets(node, origin)
     for name, value in kwargs.items():
         if isinstance(value, (dict, DictConfig)):
-            check_targets(value, origin, name)
+            check_run_targets(value, origin, name)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
