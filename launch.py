@@ -124,10 +124,10 @@ def check_config(args: list[str]) -> None:
 def prepare_argv(argv: list[str]) -> list[str]:
     """Rewrite the command line before Hydra sees it.
 
-    ``resume=PATH`` re-applies the run's saved overrides (new ones win) and points
-    ``hydra.run.dir`` at the run. Without it, an explicit ``hydra.run.dir`` (or ``hydra.sweep.dir``)
-    is refused unless it is new, empty or a run of ours that stopped before writing results, so no
-    run and no user file is ever overwritten.
+    ``resume=PATH`` re-applies the run's saved overrides (new ones win; a ``_target_`` in them must pass
+    systems/trust.py) and points ``hydra.run.dir`` at the run. Without it, ``hydra.run.dir`` (named here when
+    not given) or ``hydra.sweep.dir`` is refused unless it is new or empty, so no run and no user file is ever
+    overwritten, and a single run claims its folder (systems/run_dir.py ``claim``) before Hydra writes into it.
     """
     global RUN_DIR_EXISTED, RUN_DIR_BEFORE, SWEEP_DIR
     args = argv[1:]
