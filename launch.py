@@ -21,31 +21,29 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, InstantiationException, OverrideParseException
-from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from datasets.errors import InputError
+from datasets.errors import InputError, one_line
 from datasets.scene import Scene
 from datasets.sequence import Sequence
 from models.cameras import FixedCameras
-from systems.config import SequenceSettings, as_section, check_sections, check_targets, register_configs
-from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, TimeBudget, parse_duration,
-                               resume_hint)
+from systems.config import SequenceSettings, as_section, check_sections, check_targets, parse_duration, register_configs
+from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, TimeBudget, exit_on_sigterm, resume_hint
 from systems.inspect import inspect_init, transfer
+from systems.trust import build, check_run_targets, check_saved_overrides, read_saved_overrides, trust_command_line
 from systems.sequence import moving_cameras, train_sequence
 from systems.video import render_videos
-from systems.run_dir import (HYDRA_ENTRIES, check_new_run_dir, find_checkpoint, folder_state, own_checkpoint, remove_created,
-                             remove_temporaries)
+from systems.run_dir import (HYDRA_ENTRIES, adopt, check_new_run_dir, claim, find_checkpoint, folder_state, load_weights,
+                             own_checkpoint, remove_created, remove_temporaries)
 
 log = logging.getLogger("launch")
 MODES = ("train", "test", "eval", "export", "inspect_init", "transfer", "video")
@@ -56,8 +54,10 @@ TARGET_META = {"dataset": DATASET_META, "trainer": ("checkpoint_every_n_steps", 
 # Keys that check_targets leaves to their typed section (trainer.max_steps: None is ours, a budgeted run; build_trainer sets it).
 UNCHECKED = {"dataset": DATASET_META, "trainer": (*TARGET_META["trainer"], "max_steps")}
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-# Whether an explicit hydra.run.dir existed before this process (set by prepare_argv; None: Hydra made it).
+# Whether an explicit hydra.run.dir existed before this process, and the names it held before prepare_argv
+# claimed it (set by prepare_argv; None: Hydra made the folder, main claims it).
 RUN_DIR_EXISTED: bool | None = None
+RUN_DIR_BEFORE: set[str] | None = None
 # A sweep's folder (set by prepare_argv); its failed jobs append one line each to FAILED_JOBS_FILE there, from
 # whichever process ran them (the basic launcher's, joblib's or submitit's workers).
 SWEEP_DIR: Path | None = None
@@ -103,7 +103,7 @@ def check_config(args: list[str]) -> None:
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
     except OverrideParseException as err:
-        raise InputError("command line", str(err).strip().splitlines()[0]) from err
+        raise InputError("command line", one_line(str(err))) from err
     plain = [o.input_line for o in overrides if not o.key_or_group.startswith("hydra") and not o.is_sweep_override()]
     variants = [plain]
     for o in overrides:
@@ -126,12 +126,12 @@ def check_config(args: list[str]) -> None:
 def prepare_argv(argv: list[str]) -> list[str]:
     """Rewrite the command line before Hydra sees it.
 
-    ``resume=PATH`` re-applies the run's saved overrides (new ones win) and points
-    ``hydra.run.dir`` at the run. Without it, an explicit ``hydra.run.dir`` (or ``hydra.sweep.dir``)
-    is refused unless it is new, empty or a run of ours that stopped before writing results, so no
-    run and no user file is ever overwritten.
+    ``resume=PATH`` re-applies the run's saved overrides (new ones win; a ``_target_`` in them must pass
+    systems/trust.py) and points ``hydra.run.dir`` at the run. Without it, ``hydra.run.dir`` (named here when
+    not given) or ``hydra.sweep.dir`` is refused unless it is new or empty, so no run and no user file is ever
+    overwritten, and a single run claims its folder (systems/run_dir.py ``claim``) before Hydra writes into it.
     """
-    global RUN_DIR_EXISTED, SWEEP_DIR
+    global RUN_DIR_EXISTED, RUN_DIR_BEFORE, SWEEP_DIR
     args = argv[1:]
     if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc") for a in args):
         return argv  # Hydra's own commands
@@ -143,17 +143,24 @@ def prepare_argv(argv: list[str]) -> list[str]:
     if resume and resume not in ("null", "auto") and not multirun:
         run_dir, _ = find_checkpoint(resume)
         saved_file = run_dir / ".hydra" / "overrides.yaml"
-        saved = yaml.safe_load(saved_file.read_text()) if saved_file.is_file() else []
+        saved = read_saved_overrides(saved_file)
         given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
-        skip = given | {"resume", "mode", "hydra.run.dir"}
+        skip = given | {"resume", "mode", "hydra.run.dir", "trust_run_targets"}  # a run cannot trust itself
         kept = [a for a in saved if a.split("=", 1)[0].lstrip("+~") not in skip]
+        trust_command_line(args, _arg(args, "trust_run_targets") == "true")
+        check_saved_overrides(kept, origin=str(saved_file))
         check_config([*kept, *args])
         return [argv[0], *kept, *args, f"hydra.run.dir={run_dir}"]
     check_config(args)
     run_dir = _arg(args, "hydra.run.dir")
+    if not run_dir and not multirun and resume != "auto":  # fixed here (as configs/config.yaml would name it), to be claimed
+        run_dir = f"outputs/{compose_config([a for a in args if not a.startswith('hydra')]).name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+        argv = [*argv, f"hydra.run.dir={run_dir}"]
     if run_dir and not multirun and not (resume == "auto" and folder_state(Path(run_dir)) in ("run", "started")):
         check_new_run_dir(Path(run_dir))
         RUN_DIR_EXISTED = Path(run_dir).exists()
+        RUN_DIR_BEFORE = {p.name for p in Path(run_dir).iterdir()} if RUN_DIR_EXISTED else set()
+        claim(Path(run_dir))  # first, atomically: a second run started into it now is refused
     sweep_dir = _arg(args, "hydra.sweep.dir")
     if sweep_dir and multirun and folder_state(Path(sweep_dir)) not in ("absent", "empty") and not (
             resume == "auto" and (Path(sweep_dir) / "multirun.yaml").is_file()):  # resume=auto re-runs a sweep of ours
@@ -175,12 +182,11 @@ def load_scene(cfg: DictConfig):
     if "root" in loader and not Path(loader["root"]).is_dir() and "${data_dir}" in str(cfg.dataset._get_node("root")._value()):
         raise InputError(loader["root"], f"scene folder does not exist (searched under data_dir={cfg.data_dir}); pass data_dir=DIR "
                                          "(the folder holding dtu/, nerf_synthetic/) or dataset.root=SCENE_DIR")
-    # Called directly rather than through instantiate, which would wrap our InputError.
-    return get_method(loader.pop("_target_"))(**loader)
+    return build(loader, _convert_="all")
 
 
 def default_resolution(cfg: DictConfig) -> int:
-    if cfg.export.resolution:
+    if cfg.export.resolution is not None:
         return int(cfg.export.resolution)
     return 512 if torch.cuda.is_available() else 192
 
@@ -191,35 +197,31 @@ def ddp_child() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resume_dir: Path | None = None) -> pl.Trainer:
     """Lightning's trainer from ``cfg.trainer``, with the callbacks of ``cfg.callbacks`` (null ones left out;
     ``checkpoint`` writes to ``run_dir/checkpoints``), then ``callbacks``, and the logger of ``cfg.logger`` in
     ``run_dir/tensorboard``. What the run directory and the systems rely on is fixed here: atomic checkpoint
-    writes, no sanity validation, validation by steps, autograd in evaluation (SDF normals)."""
-    def build(key: str, node: Any, **kwargs: Any) -> Any:
+    writes, no sanity validation, validation by steps, autograd in evaluation (SDF normals). A SIGTERM in the test
+    phase names ``resume_dir`` (default ``run_dir``) in its resume line."""
+    def make(key: str, node: Any, **kwargs: Any) -> Any:
         try:
-            return instantiate(node, _convert_="object", **kwargs)
+            return build(node, _convert_="object", **kwargs)
         except InstantiationException as err:  # e.g. Lightning refusing a strategy or precision: one line naming the node
             cause = err.__cause__ or err
-            raise InputError(key, (str(cause).strip().splitlines() or [type(cause).__name__])[0]) from err
+            raise InputError(key, one_line(str(cause), type(cause).__name__)) from err
 
-    named = [build(f"callbacks.{name}", node, **({"dirpath": str(run_dir / "checkpoints")} if name == "checkpoint" else {}))
+    named = [make(f"callbacks.{name}", node, **({"dirpath": str(run_dir / "checkpoints")} if name == "checkpoint" else {}))
              for name, node in cfg.callbacks.items() if node is not None]
-    logger = build("logger", cfg.logger, save_dir=str(run_dir), name="tensorboard", version="")
+    logger = make("logger", cfg.logger, save_dir=str(run_dir), name="tensorboard", version="")
     trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in TARGET_META["trainer"]}
-    callbacks = [*named, TerminateTestOnSigterm(run_dir, cfg.mode), *callbacks]
+    callbacks = [*named, TerminateTestOnSigterm(resume_dir or run_dir, cfg.mode), *callbacks]
     if trainer["max_steps"] is None:  # a time budget (TimeBudget plans the steps), or the length schedules are written for
         trainer["max_steps"] = -1 if trainer["max_time"] else cfg.trainer.schedule_steps
         if trainer["max_time"]:
             callbacks.append(TimeBudget(parse_duration(trainer["max_time"]), cfg.trainer.schedule_steps))
-    return build("trainer", trainer, logger=logger, callbacks=callbacks,
-                 enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in named), plugins=[AtomicCheckpointIO()],
-                 check_val_every_n_epoch=None, num_sanity_val_steps=0, enable_model_summary=False, inference_mode=False)
-
-
-def load_checkpoint(ckpt: Path) -> dict:
-    """A Lightning checkpoint as saved by our trainer (weights, step, optimiser, loop state)."""
-    return torch.load(ckpt, map_location="cpu", weights_only=False)
+    return make("trainer", trainer, logger=logger, callbacks=callbacks,
+                enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in named), plugins=[AtomicCheckpointIO()],
+                check_val_every_n_epoch=None, num_sanity_val_steps=0, enable_model_summary=False, inference_mode=False)
 
 
 def as_input_error(err: Exception) -> InputError:
@@ -230,8 +232,7 @@ def as_input_error(err: Exception) -> InputError:
         match = re.search(r"full_key: (\S+)", str(cause))
         where = match.group(1) if match else where
         if cause.__cause__ is None or isinstance(cause, OmegaConfBaseException):
-            text = str(cause).strip()
-            return InputError(where, text.splitlines()[0] if text else type(cause).__name__)
+            return InputError(where, one_line(str(cause), type(cause).__name__))
         cause = cause.__cause__
     return cause
 
@@ -251,9 +252,9 @@ def build_system(cfg: DictConfig, run_dir: Path, checkpoint: dict | None = None,
     # A scene's own noisy starting poses (IDR's cameras_linear_init.npz) go to cameras that take them.
     start = {"init_c2w": scene.init_c2w} if scene.init_c2w is not None and "use_init_file" in cfg.camera else {}
     try:
-        cameras = instantiate(cfg.camera, intrinsics=scene.intrinsics, c2w=scene.c2w, **start)
+        cameras = build(cfg.camera, intrinsics=scene.intrinsics, c2w=scene.c2w, **start)
         # The scene is passed after instantiation: Hydra would turn its dataclass into a config.
-        system = instantiate(cfg.system, run_dir=str(run_dir), _convert_="object", _partial_=True)(scene=scene, cameras=cameras)
+        system = build(cfg.system, run_dir=str(run_dir), _convert_="object", _partial_=True)(scene=scene, cameras=cameras)
     except InstantiationException as err:
         raise as_input_error(err) from err
     if checkpoint is not None:
@@ -265,17 +266,14 @@ def load_run(path: str):
     """The trained system of a finished run directory (or checkpoint), built from its saved config."""
     run_dir, ckpt = find_checkpoint(path)
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    check_run_targets(cfg, origin=str(run_dir / ".hydra" / "config.yaml"))  # data, not code
     if "eps" in cfg.system.get("optim", {}):  # saved before Adam's eps moved to system.optimizer (loading needs no optimiser)
         cfg.system.optim.pop("eps")
-    return build_system(cfg, run_dir, load_checkpoint(ckpt)).eval()
+    return build_system(cfg, run_dir, load_weights(ckpt)).eval()
 
 
 def outputs(cfg: DictConfig, run_dir: Path, mesh_path: Path) -> tuple[MeshExport, Evaluation]:
     """The mesh export (to ``mesh_path``) and evaluation (``run_dir/metrics.json``) callbacks of ``cfg.export``, ``cfg.eval``."""
-    if cfg.export.target_faces is not None and cfg.export.target_faces < 4:
-        raise InputError("export.target_faces", f"must be at least 4 (a tetrahedron), got {cfg.export.target_faces}")
-    if cfg.export.texture and cfg.export.texture_size < 16:
-        raise InputError("export.texture_size", f"must be at least 16 texels, got {cfg.export.texture_size}")
     export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors,
                         cameras_path=run_dir / "cameras_refined.npz", target_faces=cfg.export.target_faces,
                         texture_size=cfg.export.texture_size if cfg.export.texture else None)
@@ -301,7 +299,7 @@ def run_sequence(cfg: DictConfig, run_dir: Path, sequence: Sequence) -> dict:
         frame.trainer.max_steps = steps
         if not checkpoints:
             frame.callbacks.checkpoint = None
-        return build_trainer(frame, folder, callbacks)
+        return build_trainer(frame, folder, callbacks, resume_dir=run_dir)  # a sequence resumes as a whole
 
     settings = as_section(SequenceSettings, OmegaConf.to_container(cfg.sequence))
     return train_sequence(sequence, settings, run_dir, make_system, make_trainer, lambda folder, mesh: outputs(cfg, folder, mesh))
@@ -328,8 +326,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             log.info("removed %s, left by an interrupted write", stale)
         log.info("resuming from %s", ckpt)
     # Training resumes through Lightning (optimiser and loops too); other modes need the weights only.
-    checkpoint = load_checkpoint(ckpt) if ckpt is not None and cfg.mode != "train" else None
+    checkpoint = load_weights(ckpt) if ckpt is not None and cfg.mode != "train" else None
     system = build_system(cfg, run_dir, checkpoint, scene=data)
+    if cfg.mode in ("video", "export"):  # no Lightning loop here to defer a SIGTERM to
+        exit_on_sigterm(run_dir, cfg.mode)
     if cfg.mode == "inspect_init":
         return {"inspect": [str(p) for p in inspect_init(system, run_dir / "inspect")]}
     if cfg.mode == "video":
@@ -347,7 +347,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     callbacks = [evaluation] if cfg.mode == "eval" and mesh_path.exists() else [export, evaluation]
     trainer = build_trainer(cfg, run_dir, callbacks)
     if cfg.mode == "train":
-        trainer.fit(system, ckpt_path=str(ckpt) if ckpt else None)
+        trainer.fit(system, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         evaluation.extra = {"train_time_s": round(time.time() - started, 1)}
     else:
@@ -410,18 +410,23 @@ def main(cfg: DictConfig) -> float | None:
     if auto:  # continue this run directory when it holds a checkpoint (a requeued or re-run job), else start it
         cfg.resume = own_checkpoint(run_dir)
     fresh = not cfg.resume
-    before = {p.name for p in run_dir.iterdir()} - HYDRA_ENTRIES
     child = ddp_child()  # in rank 0's run directory, which it checked
+    trust_command_line(HydraConfig.get().overrides.task, cfg.trust_run_targets)
+    kept = RUN_DIR_BEFORE  # what a failed start leaves: None unless this process claimed run_dir
     try:
-        # A timestamp or sweep folder that is taken: leave everything as it is (resume=auto may restart a run of ours).
-        if fresh and before and not child and not (auto and folder_state(run_dir) == "run"):
-            raise InputError(run_dir, "run directory already holds files; pass resume=DIR to continue a run or choose a new one")
+        if fresh and not auto and kept is None and not child:  # Hydra made the folder: claim it, unless taken
+            if {p.name for p in run_dir.iterdir()} - HYDRA_ENTRIES:
+                raise InputError(run_dir, "run directory already holds files; pass resume=DIR to continue a run or choose a new one")
+            claim(run_dir)
+            kept = set()
+        elif not child and kept is None:
+            adopt(run_dir)  # a resumed run made before the marker
         if HydraConfig.get().mode == RunMode.MULTIRUN and (cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1):
             raise InputError("trainer.devices", "a -m sweep runs each job on one device (DDP re-runs the command line)")
         metrics = run(cfg, run_dir)
     except InputError as err:
-        if fresh and not before and not child and not any((run_dir / name).exists() for name in ("checkpoints", "frames")):
-            remove_created(run_dir, set(), remove_folder=not RUN_DIR_EXISTED)
+        if fresh and kept is not None and not child and not any((run_dir / name).exists() for name in ("checkpoints", "frames")):
+            remove_created(run_dir, kept, remove_folder=not RUN_DIR_EXISTED)
         fail(f"error: {err}", 2)
         return objective_value(cfg, None)
     except SIGTERMException:  # Lightning's, raised at the end of the step in which the signal came

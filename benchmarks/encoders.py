@@ -50,10 +50,10 @@ def command(scene: str, encoders: list[str], minutes: float, max_steps: int, ove
 
 def encoder_parameters(job_dir: Path) -> int:
     """Parameter count of the encoder a job trained, rebuilt from its saved config."""
-    from hydra.utils import instantiate
+    from systems.trust import build
     from omegaconf import OmegaConf
 
-    encoder = instantiate(OmegaConf.load(job_dir / ".hydra" / "config.yaml").encoder)
+    encoder = build(OmegaConf.load(job_dir / ".hydra" / "config.yaml").encoder, origin=str(job_dir / ".hydra" / "config.yaml"))
     return sum(p.numel() for p in encoder.parameters())
 
 

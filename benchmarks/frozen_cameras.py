@@ -26,6 +26,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 import launch  # noqa: E402
 from systems.base import mask_loss  # noqa: E402
+from systems.run_dir import load_weights  # noqa: E402
 
 NOISE = {"rotation_deg": 3.0, "translation": 0.02, "seed": 0}
 CASES = {  # camera overrides and Adam learning rate
@@ -39,7 +40,7 @@ def converge(run: Path, overrides: dict, lr: float, steps: int, every: int, rays
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     cfg.camera = OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "camera" / "trainable.yaml"), {"noise": NOISE, **overrides})
     _, ckpt = launch.find_checkpoint(str(run))
-    state = launch.load_checkpoint(ckpt)["state_dict"]
+    state = load_weights(ckpt)["state_dict"]
     torch.manual_seed(0)
     system = launch.build_system(cfg, run)
     system.load_state_dict({k: v for k, v in state.items() if not k.startswith("cameras.")}, strict=False)

@@ -9,3 +9,10 @@ class InputError(ValueError):
         self.where = str(where)
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
+
+
+def one_line(text: str, fallback: str = "error") -> str:
+    """The first paragraph of a library's message as one line (its line breaks are layout, not sentence
+    ends), without OmegaConf's and Hydra's ``full_key: ...`` trailer; ``fallback`` when it is empty."""
+    paragraph = text.strip().split("\n\n")[0].split("full_key:")[0]
+    return " ".join(paragraph.split()) or fallback

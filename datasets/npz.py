@@ -22,7 +22,7 @@ CAMERA_FILES = ("cameras_sphere.npz", "cameras.npz")
 INIT_CAMERA_FILE = "cameras_linear_init.npz"  # IDR's rough poses, the start of camera refinement
 IMAGE_DIRS = ("image", "images")
 MASK_DIRS = ("mask", "masks")
-_READABLE = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+IMAGE_SUFFIXES = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 _WIDE_GREY = {"I": 65535.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "F": 1.0}
 
 
@@ -47,7 +47,7 @@ def decompose_projection(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def list_images(folder: Path) -> list[Path]:
     """Readable image files of ``folder`` sorted by name; raises InputError when there are none."""
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _READABLE)
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise InputError(str(folder), "no image files (png, jpg, ...) found")
     return paths

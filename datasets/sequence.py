@@ -2,8 +2,9 @@
 
 A sequence folder holds one subfolder per frame, in natural name order (``frame_2`` before ``frame_10``), each a
 scene in a layout the project reads: NeuS/IDR (``cameras_sphere.npz`` or ``cameras.npz``) or instant-ngp/NeuS2
-(``transforms.json``, ``transform.json`` or a train/test pair); layouts may differ between frames. Other
-subfolders, and hidden ones (our temporary folders), are ignored. A frame's ``gt_mesh.ply`` is its ground truth.
+(``transforms.json``, ``transform.json`` or a train/test pair); layouts may differ between frames. A subfolder
+that holds images but no camera file is refused (a frame without cameras); other subfolders, and hidden ones (our
+temporary folders), are ignored. Every frame's images have frame 0's size (checked as each frame loads). A frame's ``gt_mesh.ply`` is its ground truth.
 An optional ``sequence.json`` with ``motions``, one (4, 4) matrix per frame folder, gives the ground-truth rigid
 object-to-world motion of each frame in the normalised frame (written by ``datasets.synthetic.generate_sequence``).
 Frames are read when loaded, one at a time.
@@ -21,7 +22,7 @@ import numpy as np
 
 from datasets.errors import InputError
 from datasets.ngp import find_transforms, load_ngp_scene, read_transforms
-from datasets.npz import CAMERA_FILES, load_npz_scene, read_cameras
+from datasets.npz import CAMERA_FILES, IMAGE_SUFFIXES, load_npz_scene, read_cameras
 from datasets.scene import Scene
 
 SEQUENCE_FILE = "sequence.json"
@@ -44,6 +45,12 @@ def _layout(folder: Path) -> str | None:
     if has_npz and has_json:
         raise InputError(str(folder), "holds both a camera npz and a transforms json; keep only one layout per frame")
     return "npz" if has_npz else "ngp" if has_json else None
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether ``folder`` or a subfolder of it holds image files (a frame folder, whatever its layout)."""
+    return any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for sub in (folder, *(d for d in folder.iterdir() if d.is_dir()))
+               for p in sub.iterdir())
 
 
 def _load_frame(folder: Path, **options: object) -> Scene:
@@ -76,12 +83,14 @@ class Sequence:
     load_frame: Callable[[Path], Scene]
     motions: np.ndarray | None = None
     _scale_mat: np.ndarray | None = field(default=None, init=False, repr=False)  # frame 0's, read once
+    _hw: tuple[tuple[int, int], Path] | None = field(default=None, init=False, repr=False)  # the first loaded frame's image size
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def load(self, i: int) -> Scene:
-        """Frame ``i``'s Scene; InputError naming its folder when its scale_mat differs from frame 0's."""
+        """Frame ``i``'s Scene; InputError naming its folder when its scale_mat differs from frame 0's or its
+        image size from the frames loaded before."""
         folder = self.frames[i]
         scene = self.load_frame(folder)
         if self._scale_mat is None:
@@ -90,6 +99,11 @@ class Sequence:
         if difference > SCALE_RTOL * float(np.abs(self._scale_mat).max()):
             raise InputError(str(folder), f"scale_mat differs from that of {self.frames[0]} (by up to {difference:.3g}); "
                                           "every frame must share one normalised frame")
+        if self._hw is None:
+            self._hw = (scene.hw, folder)
+        elif scene.hw != self._hw[0]:
+            raise InputError(str(folder), f"images are {scene.hw[1]}x{scene.hw[0]} pixels, those of {self._hw[1]} "
+                                          f"{self._hw[0][1]}x{self._hw[0][0]}; every frame must have one image size")
         scene.name = f"{self.name}_frame_{self.ids[i]:04d}"
         return scene
 
@@ -135,6 +149,9 @@ def load_sequence(
     folders = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")),
                      key=lambda p: _natural_key(p.name))
     found = [p for p in folders if _layout(p) is not None]
+    without = next((p for p in folders if p not in found and _holds_images(p)), None)
+    if without is not None:
+        raise InputError(str(without), "frame folder holds images but no cameras (cameras_sphere.npz, cameras.npz or transforms.json)")
     if not found:
         raise InputError(str(base), "no frame folders: each frame is a subfolder holding cameras_sphere.npz or "
                                     "cameras.npz (NeuS/IDR layout) or transforms.json (instant-ngp/NeuS2 layout)")

@@ -15,7 +15,6 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -33,6 +32,7 @@ from systems.callbacks import StepSchedules
 from systems.config import BackgroundFieldConfig, Optim, Optimizer, Scheduler, as_section
 from systems.schedules import ScheduleClock
 from systems.mesh_io import save_cameras, save_mesh, save_textured_mesh
+from systems.trust import build
 
 BACKGROUNDS = ("black", "white", "random", "learned", "nerf")
 CONSTANT_BACKGROUNDS = ("black", "white", "random")  # replaced by the background field when training without masks
@@ -72,8 +72,8 @@ class BaseSystem(pl.LightningModule):
         self.name, self.background_mode = name, background
         self.optim = as_section(self.optim_schema, optim)
         # Partials (Hydra's _partial_ nodes): optimizer(param groups), scheduler(optimizer, optim, max_steps).
-        self.make_optimizer = optimizer if callable(optimizer) else instantiate(optimizer or self.optimizer_schema(), _convert_="object")
-        self.make_scheduler = scheduler if callable(scheduler) else instantiate(scheduler or Scheduler(), _convert_="object")
+        self.make_optimizer = optimizer if callable(optimizer) else build(optimizer or self.optimizer_schema(), _convert_="object")
+        self.make_scheduler = scheduler if callable(scheduler) else build(scheduler or Scheduler(), _convert_="object")
         self.render_chunk, self.eval_downscale = render_chunk, eval_downscale
         self.run_dir = Path(run_dir) if run_dir else None
         self.learned_background = nn.Parameter(torch.zeros(3)) if background == "learned" else None

@@ -20,6 +20,7 @@ from datasets.errors import InputError
 from models.mesh import decimate
 from models.metrics import chamfer_distance, downsample_points, dtu_official_distances, sample_surface_grid, visible_in_masks
 from systems.mesh_io import atomic_write, dtu_official_paths, load_dtu_official, load_reference
+from systems.run_dir import load_weights
 
 log = logging.getLogger(__name__)
 TENSORBOARD_MAX_FACES = 50_000  # meshes logged to TensorBoard are decimated to this many faces
@@ -42,14 +43,6 @@ class StepSchedules(pl.Callback):
         for module in pl_module.modules():
             if hasattr(module, "update_step"):
                 module.update_step(trainer.current_epoch, step)
-
-
-def parse_duration(text: str) -> float:
-    """Seconds of a ``DD:HH:MM:SS`` duration (Lightning's ``max_time`` format; fewer fields count from the right)."""
-    fields = [float(f) for f in str(text).split(":")]
-    if not 1 <= len(fields) <= 4 or any(f < 0 for f in fields):
-        raise ValueError(f"expected DD:HH:MM:SS, got {text!r}")
-    return sum(f * unit for f, unit in zip(reversed(fields), (1, 60, 3600, 86400)))
 
 
 class TimeBudget(pl.Callback):
@@ -123,7 +116,11 @@ class TimeBudget(pl.Callback):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file and renames it, so a killed run never leaves a
-    truncated ``last.ckpt`` behind."""
+    truncated ``last.ckpt`` behind; reads with ``weights_only=True`` whatever Lightning asks for, so
+    restoring ``ckpt_path`` never unpickles code."""
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_weights(Path(path))
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
@@ -139,22 +136,29 @@ def resume_hint(run_dir: Path, mode: str = "train") -> str:
     return f"stopped by SIGTERM; continue with: python launch.py resume={run_dir}{again}"
 
 
+def exit_on_sigterm(run_dir: Path, mode: str = "train") -> None:
+    """From now on SIGTERM ends the process at the next Python instruction with exit status 143 and
+    :func:`resume_hint`: for phases that write files only atomically and train nothing (the test phase,
+    mode=export, mode=video), whose single calls of minutes Lightning's deferred SIGTERM cannot interrupt."""
+    line = (resume_hint(run_dir, mode) + "\n").encode()
+
+    def stop(signum: int, frame: Any) -> None:
+        os.write(2, line)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 class TerminateTestOnSigterm(pl.Callback):
     """Lightning defers a SIGTERM to the end of the current batch, but the test phase's mesh export and
-    Chamfer are single calls of minutes, so a plain ``kill`` went unanswered. That phase writes files
-    only atomically and trains nothing, so from its start SIGTERM ends the process at the next Python
-    instruction (between chunks of the export and the Chamfer) with exit status 143 and
-    :func:`resume_hint`."""
+    Chamfer are single calls of minutes, so a plain ``kill`` went unanswered: from the test phase's start,
+    :func:`exit_on_sigterm` (``run_dir``: the folder the hint names)."""
 
     def __init__(self, run_dir: Path, mode: str = "train") -> None:
-        self.line = (resume_hint(run_dir, mode) + "\n").encode()
+        self.run_dir, self.mode = run_dir, mode
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        def stop(signum: int, frame: Any) -> None:
-            os.write(2, self.line)
-            os._exit(128 + signum)
-
-        signal.signal(signal.SIGTERM, stop)
+        exit_on_sigterm(self.run_dir, self.mode)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

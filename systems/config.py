@@ -40,6 +40,24 @@ def as_section(cls: type[T], value: T | dict | None) -> T:
     return cls(**value)
 
 
+def at_least(section: Any, minimum: float, *names: str, strict: bool = False) -> None:
+    """Refuse (InputError naming the field) a numeric field of ``section`` below ``minimum`` (or equal to it,
+    ``strict``); None (unset) passes. Called by the sections' ``__post_init__``, which launch.py runs at start
+    (:func:`check_sections`), so a bad value stops before a run directory exists, not late in the run."""
+    for name in names:
+        value = getattr(section, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (value <= minimum if strict else value < minimum):
+            raise InputError(name, f"must be {'greater than' if strict else 'at least'} {minimum}, got {value}")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a ``DD:HH:MM:SS`` duration (Lightning's ``max_time`` format; fewer fields count from the right)."""
+    fields = [float(f) for f in str(text).split(":")]
+    if not 1 <= len(fields) <= 4 or any(f < 0 for f in fields):
+        raise ValueError(f"expected DD:HH:MM:SS, got {text!r}")
+    return sum(f * unit for f, unit in zip(reversed(fields), (1, 60, 3600, 86400)))
+
+
 @dataclass
 class Optim:
     """Learning rates per parameter group, and their schedule (:func:`systems.schedules.warmup_decay`):
@@ -59,6 +77,12 @@ class Optim:
     warmup_steps: int = 100
     final_lr_ratio: float = 0.1
     decay_steps: int | None = None    # None: the run's length (trainer.max_steps, or schedule_steps in a budgeted run)
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "lr", "lr_encoder", "lr_geometry", "lr_texture", "lr_variance", "lr_background", "lr_camera", "lr_motion",
+                 "camera_warmup_steps", "warmup_steps")
+        at_least(self, 1, "camera_decay_steps", "decay_steps")
+        at_least(self, 0, "final_lr_ratio", strict=True)
 
     def group_lr(self, group: str) -> float:
         """The learning rate of parameter group ``group`` (``lr_<group>``, or ``lr`` when that is None)."""
@@ -112,6 +136,9 @@ class NeuSLoss:
     curvature: Any = 0.0
     eikonal_points: int = 1024  # uniform points in the bounding cube per step, besides the ray samples
 
+    def __post_init__(self) -> None:
+        at_least(self, 0, "eikonal_points")
+
     def weights(self, step: int) -> dict[str, float]:
         """The weight of every loss term at ``step``."""
         return {f.name: scheduled(getattr(self, f.name), step) for f in dataclasses.fields(self) if f.name != "eikonal_points"}
@@ -130,6 +157,10 @@ class IDRLoss:
     alpha_factor: float = 2.0
     alpha_milestones: list[int] = field(default_factory=lambda: [250, 500, 750, 1000, 1250])
 
+    def __post_init__(self) -> None:
+        at_least(self, 0, "eikonal_points")
+        at_least(self, 0, "alpha_init", "alpha_factor", strict=True)
+
     def weights(self, step: int) -> dict[str, float]:
         """The weight of every loss term at ``step``."""
         return {k: scheduled(getattr(self, k), step) for k in ("rgb", "mask", "eikonal", "curvature")}
@@ -144,6 +175,11 @@ class Rays:
     max: int = 8192
     target_samples: int = 24576
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "initial", "min", "max", "target_samples")
+        if not self.min <= self.initial <= self.max:
+            raise InputError("initial", f"must lie between min and max ({self.min} <= {self.initial} <= {self.max} does not hold)")
+
 
 @dataclass
 class VisualHull:
@@ -154,6 +190,9 @@ class VisualHull:
     tolerance: int = 0       # views that may see a kept cell outside their mask
     trainable_margin_deg: float | None = 4.0  # camera=trainable: carve from the starting poses, the masks dilated by this
     #                                           further view angle (the pose error the hull tolerates); None: no hull
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "dilation", "tolerance", "trainable_margin_deg")
 
 
 @dataclass
@@ -166,6 +205,10 @@ class BackgroundFieldConfig:
     n_layers: int = 2
     n_frequencies: int = 6   # of the inverted-sphere coordinates (x/r, y/r, z/r, 1/r)
     sh_degree: int = 4       # of the view direction
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "n_samples", "hidden_dim", "n_layers")
+        at_least(self, 0, "n_frequencies", "sh_degree")
 
 
 @dataclass
@@ -182,6 +225,10 @@ class SystemConfig:
     render_chunk: int = 4096
     eval_downscale: int = 1
     scheduler: Scheduler = field(default_factory=Scheduler)
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "render_chunk", "eval_downscale", *(["n_rays"] if hasattr(self, "n_rays") else []))
+        at_least(self, 0, *(["cos_anneal_steps"] if hasattr(self, "cos_anneal_steps") else []))
 
 
 @dataclass
@@ -245,6 +292,19 @@ class Trainer:
     gradient_clip_val: float | None = None
     gradient_clip_algorithm: str | None = None  # norm (Lightning's default) | value
 
+    def __post_init__(self) -> None:
+        if self.max_steps != -1:  # -1: no step limit (max_time ends the run)
+            at_least(self, 1, "max_steps")
+        at_least(self, 1, "val_check_interval", "log_every_n_steps", "checkpoint_every_n_steps", "num_nodes", "schedule_steps")
+        if self.max_time is not None:
+            try:
+                seconds = parse_duration(self.max_time)
+            except ValueError as err:
+                raise InputError("max_time", str(err)) from err
+            if seconds < 1:
+                raise InputError("max_time", f"must be at least one second, got {self.max_time!r}")
+        at_least(self, 0, "gradient_clip_val")
+
 
 @dataclass
 class CheckpointCallback:
@@ -285,6 +345,11 @@ class Export:
     texture: bool = False          # also write <stem>_textured.obj/.mtl/.png/.glb: a UV atlas with baked colours
     texture_size: int = 1024       # texture side in texels
 
+    def __post_init__(self) -> None:
+        at_least(self, 8, "resolution")
+        at_least(self, 4, "target_faces")  # a tetrahedron
+        at_least(self, 16, "texture_size")
+
 
 @dataclass
 class Video:
@@ -295,6 +360,10 @@ class Video:
     size: int = 256                # longer side of the frames in pixels (at most the images')
     path: str = "turntable"        # turntable | cameras (through the training cameras) | both
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "frames", "fps")
+        at_least(self, 8, "size")
+
 
 @dataclass
 class Eval:
@@ -303,6 +372,11 @@ class Eval:
     mask_dilation: int = 12        # pixels; the prediction is culled to the dilated masks of the views that see it
     protocol: str = "masked"       # masked (the above, against the scene's GT) | dtu_official (DTU's own evaluation files)
     dtu_dir: str | None = None     # dtu_official: the folder holding Points/stl/stl{scan:03}_total.ply and ObsMask/ (top-level scan)
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "chamfer_points")
+        at_least(self, 0, "mask_dilation")
+        at_least(self, 0, "max_dist", strict=True)
 
 
 @dataclass
@@ -314,6 +388,10 @@ class SequenceSettings:
     global_motion_steps: int = 300  # before each next frame's field: fit only the object's rigid motion (0: off)
     warm_start: bool = True         # false: the baseline, every frame from scratch for first_frame_steps
     fps: int = 5                    # of video/sequence.mp4
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "first_frame_steps", "next_frame_steps", "fps")
+        at_least(self, 0, "global_motion_steps")
 
 
 @dataclass
@@ -333,6 +411,8 @@ class Config:
                                    # folder if it has a checkpoint, else a fresh start (requeued cluster jobs, re-run sweeps)
     geometry_run: str | None = None    # mode=transfer: the run whose geometry is rendered ...
     appearance_run: str | None = None  # ... with the colour network of this run
+    trust_run_targets: bool = False  # let a run folder's saved config (resume=, mode=transfer) name any _target_,
+    #                                  not only ours, torch.optim and Lightning's (README, "Sharing runs")
     objective: str | None = None   # a key of metrics.json that the job returns (NaN if it failed), e.g. chamfer, for
                                    # sweepers that optimise it: hydra/sweeper=optuna (optional plugin, see README)
     trainer: Trainer = field(default_factory=Trainer)
@@ -432,7 +512,9 @@ def _type_name(annotation: Any) -> str:
 def check_sections(node: DictConfig, key: str = "") -> None:
     """Refuse keys added (``+key=value``) to a typed section of a composed config: Hydra lets them
     into a structured node, where nothing would read them. A typed ``_target_`` object (``trainer``,
-    ``system.optimizer``) takes them: :func:`check_targets` checks them against its signature."""
+    ``system.optimizer``) takes them: :func:`check_targets` checks them against its signature.
+    Then build each typed section below the top level as its dataclass, deepest first, so that its
+    ``__post_init__`` range checks (which OmegaConf does not run when composing) refuse a bad value now."""
     schema = OmegaConf.get_type(node)
     typed = dataclasses.is_dataclass(schema) and "_target_" not in node
     fields = {f.name for f in dataclasses.fields(schema)} if typed else None
@@ -443,3 +525,10 @@ def check_sections(node: DictConfig, key: str = "") -> None:
         child = node._get_node(name)
         if isinstance(child, DictConfig):
             check_sections(child, full)
+    if key and dataclasses.is_dataclass(schema) and hasattr(schema, "__post_init__"):
+        try:
+            OmegaConf.to_object(node)
+        except InputError as err:
+            raise InputError(f"{key}.{err.where}", err.problem) from err
+        except Exception:  # keys added to a _target_ object, a missing value: reported by the other checks
+            pass

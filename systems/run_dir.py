@@ -1,9 +1,17 @@
 """The run directory contract: what makes a folder a run of ours, which checkpoint a resume takes,
-and what a failed start may remove. Nothing here deletes a file this tool did not write."""
+and what a failed start may remove. Nothing here deletes a file this tool did not write.
+
+A run of ours holds :data:`MARKER` (``.sdfrecon-run``, the run's id), which a new run creates exclusively
+before anything else, so of two runs started into one new folder the second is refused. Runs made before
+the marker existed count as ours when they hold ``.hydra/`` and results; resuming one adds the marker.
+Checkpoints are read with ``weights_only=True``: opening a run never unpickles code."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -15,15 +23,18 @@ log = logging.getLogger(__name__)
 
 # What Hydra writes into a run directory before the job starts (``hydra.job.name`` is ``launch``).
 HYDRA_ENTRIES = frozenset({".hydra", "launch.log"})
+# The file that makes a folder a run of ours: written only by :func:`claim` and :func:`adopt`, holding the run's id.
+MARKER = ".sdfrecon-run"
 # What a run writes once it has started: its presence makes a folder a run with results.
 RESULT_ENTRIES = frozenset({"checkpoints", "meshes", "metrics.json", "renders", "cameras_refined.npz", "tensorboard", "transfer",
                             "inspect", "video", "frames", "frames.csv"})
 
 
 def folder_state(path: Path) -> str:
-    """What ``path`` holds: ``absent``; ``empty``; ``started`` (only Hydra's files: a run of ours
-    that stopped before writing anything); ``run`` (a run of ours with results); ``foreign``
-    (anything else: a folder this tool must not write into)."""
+    """What ``path`` holds: ``absent``; ``empty``; ``started`` (our marker and Hydra's files only: a run
+    of ours that stopped before writing anything); ``run`` (a run of ours with results: the marker, or for
+    runs older than it, ``.hydra/`` and a result); ``foreign`` (anything else, e.g. another app's
+    ``.hydra/`` and ``launch.log``: a folder this tool must not write into)."""
     if not path.exists():
         return "absent"
     if not path.is_dir():
@@ -31,34 +42,73 @@ def folder_state(path: Path) -> str:
     names = {p.name for p in path.iterdir()}
     if not names:
         return "empty"
-    if names <= HYDRA_ENTRIES:
+    ours = (path / MARKER).is_file()
+    if ours and names <= HYDRA_ENTRIES | {MARKER}:
         return "started"
-    if (path / ".hydra").is_dir() and names <= HYDRA_ENTRIES | RESULT_ENTRIES:
+    if (path / ".hydra").is_dir() and names <= HYDRA_ENTRIES | RESULT_ENTRIES | {MARKER} and (ours or names & RESULT_ENTRIES):
         return "run"
     return "foreign"
 
 
+def claim(path: Path) -> None:
+    """Make ``path`` this run's folder: create it and its :data:`MARKER` exclusively (``O_EXCL``), so of two
+    runs started into one new folder at the same moment the second is refused (InputError)."""
+    run_id = f"{uuid.uuid4().hex} pid {os.getpid()}\n".encode()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path / MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError as err:
+        raise InputError(path, "another run claimed this folder at the same moment; choose a new hydra.run.dir") from err
+    except OSError as err:  # a read-only or immutable parent, a full disk
+        raise InputError(path, f"cannot create the run directory ({err.strerror or type(err).__name__})") from err
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(run_id)
+
+
+def adopt(path: Path) -> None:
+    """Mark a run of ours that has no :data:`MARKER` (one made before it existed, resumed now)."""
+    if (path / MARKER).exists():
+        return
+    try:
+        claim(path)
+    except InputError:  # written by a rank or job beside this one
+        pass
+
+
 def check_new_run_dir(path: Path) -> None:
-    """Refuse to start a new run in ``path`` unless it is absent, empty or a run of ours that never
-    got further than Hydra's files."""
+    """Refuse to start a new run in ``path`` unless it is absent or empty (a run of ours that never got
+    further than Hydra's files starts again with ``resume=auto``)."""
     state = folder_state(path)
+    if state == "started":
+        raise InputError(path, "run directory holds a run of ours that stopped before its first results (or is starting "
+                               "now); pass resume=auto to start it again or choose a new hydra.run.dir")
     if state == "run":
         raise InputError(path, "run directory already holds a run; pass resume=DIR to continue it or choose a new hydra.run.dir")
     if state == "foreign":
         raise InputError(path, "folder is not empty and is not a run directory of launch.py; choose a new or empty hydra.run.dir")
 
 
-def checkpoint_step(path: Path) -> int:
-    """The training step saved in checkpoint ``path``; InputError if it is not a checkpoint of ours."""
+def load_weights(path: Path, mmap: bool = False) -> dict:
+    """A checkpoint of ours (weights, step, optimiser and loop state), loaded with ``weights_only=True``
+    (tensors and plain types only, nothing that runs code); InputError for anything else."""
     if not zipfile.is_zipfile(path):
         raise InputError(path, "not a checkpoint (not a PyTorch zip archive)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for truncated, foreign or pickled files
-        raise InputError(path, f"not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from err
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        reason = (f"it pickles {code.group(1)}, which is never unpickled here" if code else
+                  f"{type(err).__name__}: {next((line.strip() for line in text.splitlines() if line.strip()), '')}")
+        raise InputError(path, f"not a checkpoint that loads safely ({reason})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
         raise InputError(path, "not a checkpoint of launch.py (no state_dict and global_step)")
-    return int(checkpoint["global_step"])
+    return checkpoint
+
+
+def checkpoint_step(path: Path) -> int:
+    """The training step saved in checkpoint ``path``; InputError if it is not a checkpoint of ours."""
+    return int(load_weights(path, mmap=True)["global_step"])
 
 
 def newest_checkpoint(folder: Path) -> Path:
@@ -129,13 +179,13 @@ def remove_temporaries(run_dir: Path) -> list[Path]:
 
 
 def remove_created(run_dir: Path, kept: set[str], remove_folder: bool) -> None:
-    """Undo a failed start: delete the entries of ``run_dir`` that Hydra or a run writes and that
-    were not there before (``kept``), then the folder itself when ``remove_folder`` and it is empty.
-    Anything else in the folder is left alone."""
+    """Undo a failed start of a run that claimed ``run_dir`` in this process: delete the entries that Hydra
+    or a run writes and that were not there before (``kept``), then the folder itself when ``remove_folder``
+    and it is empty. Anything else in the folder is left alone."""
     if not run_dir.is_dir():
         return
     for entry in run_dir.iterdir():
-        if entry.name in kept or entry.name not in HYDRA_ENTRIES | RESULT_ENTRIES:
+        if entry.name in kept or entry.name not in HYDRA_ENTRIES | RESULT_ENTRIES | {MARKER}:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

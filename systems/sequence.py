@@ -35,7 +35,7 @@ from systems.base import BaseSystem
 from systems.callbacks import Evaluation, MeshExport, write_json
 from systems.config import SequenceSettings
 from systems.mesh_io import atomic_write
-from systems.run_dir import newest_checkpoint, remove_temporaries
+from systems.run_dir import load_weights, newest_checkpoint, remove_temporaries
 from systems.video import write_video
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def slim_checkpoints(folder: Path) -> None:
     last = folder / "last.ckpt"
     if not last.is_file():
         return
-    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    checkpoint = load_weights(last)
     if checkpoint.pop("optimizer_states", None) is not None:
         checkpoint.pop("lr_schedulers", None)
         buffer = io.BytesIO()
@@ -142,11 +142,6 @@ def train_sequence(
     ``make_trainer(frame_dir, max_steps, callbacks, checkpoints)`` a Lightning trainer; ``make_outputs(frame_dir,
     mesh_path)`` the mesh export and evaluation callbacks. Returns the summary written to ``metrics.json``.
     """
-    for key in ("first_frame_steps", "next_frame_steps"):
-        if getattr(settings, key) < 1:
-            raise InputError(f"sequence.{key}", f"must be at least 1, got {getattr(settings, key)}")
-    if settings.global_motion_steps < 0:
-        raise InputError("sequence.global_motion_steps", f"must be >= 0, got {settings.global_motion_steps}")
     rows: list[dict[str, Any]] = []
     previous: Path | None = None  # the last checkpoint of the frame before
     offset = 0  # steps trained by the frames this one continues (their schedules go on from there)
@@ -196,14 +191,14 @@ def train_frame(sequence: Sequence, i: int, folder: Path, run_dir: Path, steps: 
              ("warm start from %s" % previous if previous else "from scratch"), f", {motion_steps} motion steps first" if
              motion_steps and not resume else "")
     if resume is None and previous is not None:
-        warm_start(system, torch.load(previous, map_location="cpu", weights_only=False)["state_dict"])
+        warm_start(system, load_weights(previous)["state_dict"])
         if motion_steps:
             set_trainable(system, motion_only=True)
             make_trainer(folder, motion_steps, [], False).fit(system)
     set_trainable(system, motion_only=False)
     export, evaluation = make_outputs(folder, run_dir / "meshes" / f"frame_{i:04d}.ply")
     trainer = make_trainer(folder, steps, [export, evaluation], True)
-    trainer.fit(system, ckpt_path=str(resume) if resume else None)
+    trainer.fit(system, ckpt_path=str(resume) if resume else None, weights_only=True)
     trainer.save_checkpoint(folder / "checkpoints" / "last.ckpt")
     row: dict[str, Any] = {"frame": i, "steps": steps, "motion_steps": motion_steps if previous is not None else 0,
                            "train_time_s": round(time.time() - started, 1)}

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+import yaml
 from scipy.spatial import cKDTree
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -179,6 +180,18 @@ def test_sigterm_in_the_test_phase_ends_the_run_at_once(start_launch, finished_r
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
 
 
+def test_sigterm_in_export_mode_says_how_to_resume(start_launch, terminate_when, finished_run, tmp_path):
+    run_dir = tmp_path / "exporting"
+    shutil.copytree(finished_run, run_dir)
+    log = run_dir / "launch.log"
+    before = log.stat().st_size
+    proc = start_launch(tmp_path / "stderr.txt", f"resume={run_dir}", "mode=export", "export.resolution=512")
+    terminate_when(proc, lambda: "exporting the mesh" in log.read_text()[before:])
+    last = (tmp_path / "stderr.txt").read_text().strip().splitlines()[-1]
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert last == f"stopped by SIGTERM; continue with: python launch.py resume={run_dir} mode=export"
+
+
 def one_line_error(result: subprocess.CompletedProcess) -> str:
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
@@ -201,9 +214,16 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
         (["dataset=dtu", "scan=65"], "searched under data_dir="),
         (["dataset.shape=cube"], "dataset.shape"),
         (["mode=transfer"], "geometry_run"),
+        (["export.resolution=0"], "export.resolution: must be at least 8, got 0"),
+        (["system.eval_downscale=0"], "system.eval_downscale: must be at least 1, got 0"),
+        (["system.rays.initial=-1"], "system.rays.initial"),
+        (["eval.chamfer_points=0"], "eval.chamfer_points"),
+        (["video.fps=0"], "video.fps"),
+        (["+callbacks.x={_target_:os.system,command:ls}"], "because it allows config data to control executable behavior or"),
     ],
     ids=["missing-folder", "unknown-group-option", "unknown-background", "unknown-mode", "test-without-run", "all-held-out",
-         "typed-section", "instantiate-error", "constructor-error", "missing-scan", "runtime-loader-error", "transfer-without-runs"],
+         "typed-section", "instantiate-error", "constructor-error", "missing-scan", "runtime-loader-error", "transfer-without-runs",
+         "export-resolution-0", "eval-downscale-0", "negative-rays", "no-chamfer-points", "video-fps-0", "hydra-blocklist-whole"],
 )
 def test_bad_input_is_one_line_and_leaves_no_run(launch, tiny, args, expected, data_dir, tmp_path):
     run_dir = tmp_path / "run"
@@ -340,3 +360,126 @@ def test_a_job_returns_its_objective_for_sweepers():
     assert math.isnan(objective_value(compose_config(["objective=chamfer"]), None))
     assert math.isnan(objective_value(compose_config(["objective=nope"]), {"chamfer": 1.25}))
     assert objective_value(compose_config([]), {"chamfer": 1.25}) is None
+
+
+# Shared run folders: what they name or hold must not run on the machine that opens them (README, "Sharing runs").
+class Payload:
+    """Unpickling this writes ``path``: what a crafted checkpoint would do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.path)!r}, 'w').write('ran')",)
+
+
+def shared_run(finished_run: Path, folder: Path, overrides: list[str] = ()) -> Path:
+    """A copy of a finished run, as downloaded, with ``overrides`` added to its saved ones."""
+    shutil.copytree(finished_run, folder)
+    saved = folder / ".hydra" / "overrides.yaml"
+    saved.write_text(yaml.safe_dump(yaml.safe_load(saved.read_text()) + list(overrides)))
+    return folder
+
+
+def write_text_target(marker: Path) -> str:
+    return f"{{_target_:pathlib.Path.write_text,self:{{_target_:pathlib.Path,_args_:['{marker}']}},data:hi}}"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("+callbacks.x=WRITE", "callbacks.x._target_"),
+    ("+callbacks.y={_target_:torch.load,f:'CKPT',weights_only:false}", "callbacks.y._target_"),
+    ("dataset._target_=os.system", "dataset._target_"),
+    ("hydra.callbacks.x=WRITE", "hydra.callbacks.x"),
+], ids=["write-file", "nested-torch-load", "loader-os-system", "hydra-key"])
+def test_a_saved_override_naming_foreign_code_is_refused(launch, finished_run, tmp_path, override, key):
+    marker = tmp_path / "payload_ran.txt"
+    ckpt = tmp_path / "payload.ckpt"
+    torch.save({"x": Payload(marker)}, ckpt)
+    override = override.replace("WRITE", write_text_target(marker)).replace("CKPT", str(ckpt))
+    run_dir = shared_run(finished_run, tmp_path / "shared", [override])
+    line = one_line_error(launch(f"resume={run_dir}", "mode=test"))
+    assert key in line and "trust_run_targets=true" in line and "overrides.yaml" in line
+    assert not marker.exists()
+    saved = run_dir / ".hydra" / "overrides.yaml"  # a run cannot trust itself
+
+    saved.write_text(saved.read_text() + "- trust_run_targets=true\n")
+    assert launch(f"resume={run_dir}", "mode=test").returncode == 2 and not marker.exists()
+
+
+def test_trusted_targets_still_resume_and_the_flag_trusts_the_rest(launch, finished_run, tmp_path):
+    run_dir = shared_run(finished_run, tmp_path / "shared", ["system.optimizer._target_=torch.optim.AdamW",
+                                                              "+callbacks.summary={_target_:pytorch_lightning.callbacks.ModelSummary}"])
+    result = launch(f"resume={run_dir}", "mode=eval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "AdamW" in (run_dir / ".hydra" / "config.yaml").read_text()
+    marker = tmp_path / "trusted.txt"
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    saved.write_text(saved.read_text() + f"- +callbacks.x={write_text_target(marker)}\n")
+    launch(f"resume={run_dir}", "mode=eval", "trust_run_targets=true")  # Lightning then refuses what write_text returned
+    assert marker.read_text() == "hi"
+
+
+def test_transfer_refuses_a_crafted_config(launch, finished_run, tmp_path):
+    marker = tmp_path / "payload_ran.txt"
+    crafted = shared_run(finished_run, tmp_path / "crafted")
+    config = crafted / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["camera"]["noise"] = {"_target_": "pathlib.Path.write_text", "self": {"_target_": "pathlib.Path", "_args_": [str(marker)]},
+                              "data": "hi"}
+    config.write_text(yaml.safe_dump(cfg))
+    run_dir = tmp_path / "transfer"
+    line = one_line_error(launch("mode=transfer", f"geometry_run={crafted}", f"appearance_run={finished_run}", f"hydra.run.dir={run_dir}"))
+    assert "camera.noise._target_" in line and "pathlib.Path.write_text" in line and str(config) in line and "trust_run_targets" in line
+    assert not marker.exists() and not run_dir.exists()
+
+
+def test_a_pickle_payload_checkpoint_never_runs(launch, finished_run, tmp_path):
+    marker = tmp_path / "payload_ran.txt"
+    run_dir = shared_run(finished_run, tmp_path / "shared")
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+        torch.save({**checkpoint, "hyper_parameters": Payload(marker)}, ckpt)
+    for mode in ("train", "test"):
+        line = one_line_error(launch(f"resume={run_dir}", f"mode={mode}"))
+        assert "nothing to resume from" in line
+    assert not marker.exists()
+
+
+def test_a_pickle_payload_in_a_finished_sequence_frame_never_runs(launch, tmp_path):
+    """Frame 0 done, its last.ckpt crafted; frame 1 holds a checkpoint that loads, so resume takes the run."""
+    marker = tmp_path / "payload_ran.txt"
+    run_dir = tmp_path / "sequence"
+    (run_dir / ".hydra").mkdir(parents=True)
+    overrides = ["dataset=synthetic_sequence", "dataset.n_frames=2", "dataset.n_views=4", "dataset.width=32", "dataset.height=24",
+                 "dataset.test_every=2", "encoder.compile=false", f"data_dir={tmp_path / 'data'}"]
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 42\n")
+    frames = run_dir / "frames"
+    (frames / "frame_0000" / "checkpoints").mkdir(parents=True)
+    (frames / "frame_0001" / "checkpoints").mkdir(parents=True)
+    (frames / "frame_0000" / "metrics.json").write_text(json.dumps({"frame": 0, "steps": 1}))
+    torch.save({"state_dict": {}, "global_step": 1, "optimizer_states": [Payload(marker)]}, frames / "frame_0000" / "checkpoints" / "last.ckpt")
+    torch.save({"state_dict": {}, "global_step": 0}, frames / "frame_0001" / "checkpoints" / "last.ckpt")
+    line = one_line_error(launch(f"resume={run_dir}"))
+    assert "frame_0000" in line and "loads safely" in line
+    assert not marker.exists()
+
+
+def test_a_folder_with_only_another_apps_hydra_files_is_left_intact(launch, data_dir, tmp_path):
+    """.hydra/ and launch.log without our marker: another Hydra app's run, or the user's; refused, nothing deleted."""
+    folder = tmp_path / "theirs"
+    (folder / ".hydra").mkdir(parents=True)
+    files = {".hydra/config.yaml": "lr: 1\n", ".hydra/overrides.yaml": "[]\n", "launch.log": "their log\n"}
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    line = one_line_error(launch("dataset=colmap", "dataset.root=/nonexistent", f"data_dir={data_dir}", f"hydra.run.dir={folder}"))
+    assert str(folder) in line
+    assert {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()} == files
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line(launch, tiny, tmp_path):
+    """What a read-only or immutable parent gives (root ignores permissions, so a file stands in for the parent)."""
+    parent = tmp_path / "not_a_folder"
+    parent.write_text("mine")
+    line = one_line_error(launch(*tiny, f"hydra.run.dir={parent / 'run'}"))
+    assert f"{parent / 'run'}: cannot create the run directory" in line and parent.read_text() == "mine"

@@ -113,6 +113,15 @@ def registered_or_raise(names: list[str], registered: set[str], where: str) -> l
     return sorted(name for name in names if name not in registered)
 
 
+def check_decodes(path: Path) -> None:
+    """Refuse (InputError) an image file that does not decode, e.g. random bytes named ``.jpg``."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(path, f"not a readable image ({type(err).__name__}: {' '.join(str(err).split())})") from err
+
+
 def check_out_dir(out_dir: Path) -> None:
     """Refuse an existing ``out_dir`` that is not an empty folder (nothing of the user's is ever overwritten)."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -238,6 +247,8 @@ def build_scene(image_dir: Path, out_dir: Path, camera_model: str = "SIMPLE_RADI
     if mask_dir is not None and not mask_dir.is_dir():
         raise InputError(mask_dir, "mask folder does not exist")
     names = [path.name for path in list_images(image_dir)]
+    for name in names:
+        check_decodes(image_dir / name)
     if len(names) < MIN_IMAGES:
         raise InputError(image_dir, f"{len(names)} images; structure from motion needs at least {MIN_IMAGES}")
     check_out_dir(out_dir)

@@ -251,3 +251,20 @@ def test_bad_parameters(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"reaches radius 0\.725 .* reduce dataset\.size or dataset\.translation"):
         synthetic.generate_sequence(str(tmp_path / "x"), translation=0.225)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_frames_without_cameras_or_of_another_image_size_are_refused(tiny: Path, tmp_path: Path) -> None:
+    root = tmp_path / "sequence"
+    shutil.copytree(tiny / "frame_0000", root / "frame_0")
+    shutil.copytree(tiny / "frame_0001", root / "frame_1")
+    (root / "frame_1" / "cameras_sphere.npz").unlink()
+    with pytest.raises(InputError, match=f"^{root / 'frame_1'}: frame folder holds images but no cameras"):
+        load_sequence(str(root))
+    (root / "notes").mkdir()  # a folder without images is not a frame: ignored
+    shutil.rmtree(root / "frame_1")
+    wide = _generate(tmp_path / "wide", width=48, height=36)
+    shutil.copytree(wide / "frame_0001", root / "frame_1")
+    sequence = load_sequence(str(root))
+    assert len(sequence) == 2 and sequence.load(0).hw == (24, 32)
+    with pytest.raises(InputError, match=f"^{root / 'frame_1'}: images are 48x36 pixels, those of .*frame_0 32x24"):
+        sequence.load(1)

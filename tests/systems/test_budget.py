@@ -10,7 +10,8 @@ from hydra.utils import instantiate
 from datasets.npz import load_npz_scene
 from launch import compose_config
 from models.cameras import FixedCameras
-from systems.callbacks import TimeBudget, parse_duration
+from systems.callbacks import TimeBudget
+from systems.config import parse_duration
 from systems.schedules import ScheduleClock
 
 

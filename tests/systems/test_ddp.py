@@ -19,7 +19,7 @@ from datasets.npz import load_npz_scene
 from launch import compose_config
 from models.cameras import FixedCameras
 from models.rays import RayBundle, pixel_rays
-from systems.run_dir import folder_state
+from systems.run_dir import MARKER, folder_state
 
 ROOT = Path(__file__).resolve().parents[2]
 RAYS = 96  # per process
@@ -144,7 +144,7 @@ def test_launch_with_two_processes_keeps_the_run_directory_contract(launch, tiny
     # Rank 1 re-ran the command line into the same folder: it wrote no file of its own (its log went to the console).
     assert folder_state(run_dir) == "run"
     assert {p.name for p in run_dir.iterdir()} == {".hydra", "launch.log", "checkpoints", "tensorboard", "meshes", "renders",
-                                                    "metrics.json"}
+                                                    "metrics.json", MARKER}
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"step000003.ckpt", "step000006.ckpt", "last.ckpt"}
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 6
     # The two held-out views were split across the processes and gathered: each rendered and scored once.

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from datasets.errors import InputError
-from systems.run_dir import check_new_run_dir, find_checkpoint, folder_state, newest_checkpoint, remove_created, remove_temporaries
+from systems.callbacks import AtomicCheckpointIO
+from systems.run_dir import (MARKER, adopt, check_new_run_dir, claim, find_checkpoint, folder_state, load_weights, newest_checkpoint,
+                             remove_created, remove_temporaries)
 
 
 def save(path: Path, step: int, mtime: float) -> Path:
@@ -28,10 +30,17 @@ def test_folder_states(tmp_path):
     assert folder_state(tmp_path / "new") == "absent"
     assert folder_state(tmp_path) == "empty"
     (tmp_path / "launch.log").write_text("")
-    assert folder_state(tmp_path) == "started"
     make_run(tmp_path)
+    assert folder_state(tmp_path) == "foreign"  # another Hydra app's run, or a user's log: not ours without the marker
+    claim(tmp_path)
+    assert folder_state(tmp_path) == "started"
+    with pytest.raises(InputError, match="resume=auto"):
+        check_new_run_dir(tmp_path)
+    (tmp_path / MARKER).unlink()
     (tmp_path / "checkpoints").mkdir()
-    assert folder_state(tmp_path) == "run"
+    assert folder_state(tmp_path) == "run"  # a run made before the marker, with results: still ours (resumable)
+    adopt(tmp_path)
+    assert (tmp_path / MARKER).is_file() and folder_state(tmp_path) == "run"
     (tmp_path / "notes.txt").write_text("mine")
     assert folder_state(tmp_path) == "foreign"
     with pytest.raises(InputError, match="not a run directory of launch.py"):
@@ -99,3 +108,44 @@ def test_a_failed_start_removes_only_what_runs_write(tmp_path):
     assert run.is_dir() and not any(run.iterdir())
     remove_created(run, set(), remove_folder=True)
     assert not run.exists()
+
+
+def test_two_runs_claiming_one_new_folder_the_second_is_refused(tmp_path):
+    folder = tmp_path / "a" / "new"
+    claim(folder)
+    first = (folder / MARKER).read_text()
+    with pytest.raises(InputError, match="another run claimed this folder"):
+        claim(folder)
+    assert (folder / MARKER).read_text() == first and [p.name for p in folder.iterdir()] == [MARKER]
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(tmp_path):
+    """What a read-only or immutable parent gives (root ignores permissions, so a file stands in for the parent)."""
+    parent = tmp_path / "not_a_folder"
+    parent.write_text("")
+    with pytest.raises(InputError, match="cannot create the run directory"):
+        claim(parent / "run")
+
+
+class Payload:
+    """Unpickling this writes ``path``: what a crafted checkpoint would do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.path)!r}, 'w').write('ran')",)
+
+
+def test_a_pickle_payload_checkpoint_never_runs(tmp_path):
+    marker = tmp_path / "payload_ran.txt"
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "global_step": 3, "extra": Payload(marker)}, ckpt)
+    for load in (load_weights, AtomicCheckpointIO().load_checkpoint):  # ours, and Lightning's restore of ckpt_path
+        with pytest.raises(InputError, match="not a checkpoint that loads safely") as err:
+            load(ckpt)
+        assert "\n" not in str(err.value)
+    assert not marker.exists()
+    torch.save({"state_dict": {"w": torch.ones(2)}, "global_step": 3, "hyper_parameters": {"n_rays": 512.0}}, ckpt)
+    assert AtomicCheckpointIO().load_checkpoint(ckpt, weights_only=False)["global_step"] == 3

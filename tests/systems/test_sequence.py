@@ -108,6 +108,21 @@ def test_a_sequence_refuses_single_scene_modes_and_trainable_cameras(tmp_path) -
     assert not any(run_dir.iterdir())  # refused before anything was written
 
 
+def test_a_sequence_stopped_in_a_test_phase_names_the_run_to_resume(tmp_path, monkeypatch) -> None:
+    """The resume line of a SIGTERM in a frame's test phase names the sequence's run directory, which resume= takes."""
+    from systems.callbacks import TerminateTestOnSigterm
+    from systems.sequence import frame_dir
+
+    def first_trainer(sequence, settings, run_dir, make_system, make_trainer, make_outputs):
+        trainer = make_trainer(frame_dir(run_dir, 0), 1, [], False)
+        return {"hint": next(c for c in trainer.callbacks if isinstance(c, TerminateTestOnSigterm)).run_dir}
+
+    monkeypatch.setattr(launch, "train_sequence", first_trainer)
+    root = generate_sequence(str(tmp_path / "sequence"), n_frames=1, n_views=4, width=32, height=24)
+    run_dir = tmp_path / "run"
+    assert launch.run(compose_config(["dataset=sequence", f"dataset.root={root}", "encoder.compile=false"]), run_dir)["hint"] == run_dir
+
+
 # A two-frame sequence: the object turns by 8 degrees and moves by 0.1 (no twist), so frame 1 is frame 0 moved rigidly.
 TINY_SEQUENCE = [
     "dataset=synthetic_sequence", "dataset.n_frames=2", "dataset.n_views=10", "dataset.width=64", "dataset.height=48",

@@ -188,3 +188,14 @@ def test_command_refuses_too_few_photos_and_a_non_empty_output(tmp_path: Path, c
     assert main([str(tmp_path / "photos"), str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'out'}: output folder is not empty; choose a new one\n"
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine" and not list(tmp_path.glob(".out.tmp*"))
+
+
+def test_a_file_that_does_not_decode_is_not_counted_as_an_image(tmp_path: Path, capsys) -> None:
+    (tmp_path / "photos").mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 24)).save(tmp_path / "photos" / f"{i}.png")
+    (tmp_path / "photos" / "3.jpg").write_bytes(np.random.default_rng(0).bytes(5000))
+    assert main([str(tmp_path / "photos"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'photos' / '3.jpg'}: not a readable image") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
