@@ -96,3 +96,21 @@ def test_a_resumed_budget_counts_the_time_already_spent(small_synthetic):
     budget.load_state_dict({"spent_s": 20.0, "planned": None})
     trainer = fit(system, budget, clock)
     assert trainer.global_step == pytest.approx((0.99 * 30 - 20) / 0.5, abs=2)
+
+
+@pytest.mark.parametrize("overrides, max_steps, budget_s", [
+    ([], 1500, None),                                                   # neither: the length schedules are written for
+    (["trainer.max_steps=7"], 7, None),                                 # steps: as written
+    (["trainer.max_steps=7", "trainer.max_time=00:00:05:00"], 7, None),  # steps, capped by the clock
+    (["trainer.max_time=00:00:05:00"], -1, 300.0),                      # a budget: TimeBudget plans the steps
+    (["trainer.max_time=00:00:05:00", "trainer.schedule_steps=900"], -1, 300.0),
+])
+def test_the_trainer_gets_a_budget_only_from_max_time_alone(tmp_path, overrides, max_steps, budget_s):
+    import launch
+
+    cfg = compose_config(["callbacks.lr_monitor=null", *overrides])
+    trainer = launch.build_trainer(cfg, tmp_path, [])
+    budgets = [c for c in trainer.callbacks if isinstance(c, TimeBudget)]
+    assert trainer.max_steps == max_steps
+    assert [b.budget_s for b in budgets] == ([budget_s] if budget_s else [])
+    assert all(b.reference_steps == cfg.trainer.schedule_steps for b in budgets)
