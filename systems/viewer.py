@@ -80,6 +80,7 @@ class Viewer:
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
         self.frustums: dict[str, list[Any]] = {}
         self.mesh: Any = None
+        self.renders: list[Any] = []  # the GUI images of the held-out views
         log.info("viewer: open %s in a browser", self.url)
 
     @property
@@ -131,10 +132,8 @@ class Viewer:
         """Show a glTF binary (a textured mesh) as ``/mesh``, replacing the one shown."""
         self.mesh = self.server.scene.add_glb("/mesh", path.read_bytes())
 
-    def show_renders(self, system: Any, render_dir: Path) -> int:
-        """Each held-out view's image beside its renders (``render_dir/viewNNN_{rgb,normal,depth}.png``) in a
-        GUI folder; returns how many views were shown."""
-        shown = 0
+    def show_renders(self, system: Any, render_dir: Path) -> None:
+        """Each held-out view's image beside its renders (``render_dir/viewNNN_{rgb,normal,depth}.png``) in a GUI folder."""
         with self.server.gui.add_folder("Held-out views (image | rgb | normal | depth)"):
             for view in system.scene.test_ids:
                 files = [render_dir / f"view{view:03d}_{key}.png" for key in ("rgb", "normal", "depth")]
@@ -144,40 +143,41 @@ class Viewer:
                 h, w = renders[0].shape[:2]
                 image = thumbnail(system.scene.images[view].numpy(), max(h, w))
                 row = [image] + [np.repeat(r[..., None], 3, -1) if r.ndim == 2 else r[..., :3] for r in renders]
-                self.server.gui.add_image(np.concatenate([r[:h, :w] for r in row], 1), label=f"view {view}")
-                shown += 1
-        return shown
+                self.renders.append(self.server.gui.add_image(np.concatenate([r[:h, :w] for r in row], 1), label=f"view {view}"))
 
     def close(self) -> None:
         self.server.stop()
 
 
-def serve_run(system: Any, run_dir: Path, mesh_name: str, host: str, port: int, stop: threading.Event | None = None) -> str:
-    """``mode=view``: show a finished run (its mesh ``run_dir/meshes/mesh_name``, textured when
-    ``<stem>_textured.glb`` exists; its cameras; its held-out renders) until SIGINT/SIGTERM or ``stop``
-    is set; returns the address it served."""
+def open_run(viewer: Viewer, system: Any, run_dir: Path, mesh_name: str) -> None:
+    """Show a finished run: its cameras, its mesh ``run_dir/meshes/mesh_name`` (the textured
+    ``<stem>_textured.glb`` when it exists) and its held-out renders."""
     mesh_path = run_dir / "meshes" / mesh_name
     textured = mesh_path.with_name(f"{mesh_path.stem}_textured.glb")
+    viewer.show_cameras(system)
+    if textured.is_file():
+        viewer.show_glb(textured)
+    elif mesh_path.is_file():
+        viewer.show_mesh(trimesh.load(mesh_path, process=False, force="mesh"))
+    else:
+        log.warning("viewer: %s not found; showing the cameras only", mesh_path)
+    viewer.show_renders(system, run_dir / "renders")
+
+
+def serve_run(system: Any, run_dir: Path, mesh_name: str, host: str, port: int) -> str:
+    """``mode=view``: serve :func:`open_run` until SIGINT (Ctrl-C) or SIGTERM; returns the address it served."""
     viewer = Viewer(host, port)
-    stop = stop or threading.Event()
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        viewer.show_cameras(system)
-        if textured.is_file():
-            viewer.show_glb(textured)
-        elif mesh_path.is_file():
-            mesh = trimesh.load(mesh_path, process=False, force="mesh")
-            viewer.show_mesh(mesh)
-        else:
-            log.warning("viewer: %s not found; showing the cameras only", mesh_path)
-        viewer.show_renders(system, run_dir / "renders")
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        open_run(viewer, system, run_dir, mesh_name)
         log.info("viewer: serving %s until Ctrl-C", run_dir)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         viewer.close()
     return viewer.url
 
@@ -205,12 +205,13 @@ class ViewerCallback(pl.Callback):
         self.status = gui.add_markdown("starting")
         self.button = gui.add_button("Pause training")
 
-        @self.button.on_click
-        def _(_: Any) -> None:
-            self.paused = not self.paused
-            self.button.label = "Resume training" if self.paused else "Pause training"
-
+        self.button.on_click(lambda _: self.toggle_pause())
         self.started = time.time()
+
+    def toggle_pause(self) -> None:
+        """The button: pause training before its next step, or resume it."""
+        self.paused = not self.paused
+        self.button.label = "Resume training" if self.paused else "Pause training"
 
     def refresh_mesh(self, pl_module: Any, step: int) -> None:
         """Re-mesh the current surface at ``mesh_resolution`` and replace the mesh shown (of training step ``step``)."""
