@@ -220,6 +220,7 @@ class ViewerCallback(pl.Callback):
         world = pl_module.to_world(vertices.astype(np.float64))
         self.viewer.show_mesh(colored_mesh(world, faces, colors))
         self.meshed_step = step
+        log.info("viewer: showing the mesh of step %d (%d faces)", step, len(faces))
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         while self.viewer is not None and self.paused and not trainer.received_sigterm:
@@ -240,7 +241,7 @@ class ViewerCallback(pl.Callback):
         elapsed = time.time() - self.started
         left = elapsed / max(step, 1) * max(total - step, 0)
         losses = {k.removeprefix("train/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-        lines = [f"**step** {step} / {total}, {elapsed:.0f} s, about {left:.0f} s left", f"mesh of step {self.meshed_step}"]
+        lines = [f"**step** {step} / {total}, {elapsed:.0f} s, about {left:.0f} s left\n", f"mesh of step {self.meshed_step}\n"]
         lines += [f"- {k}: {v:.4g}" for k, v in sorted(losses.items())]
         self.status.content = "\n".join(lines)
         self.shown_at = time.time()
