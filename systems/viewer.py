@@ -107,7 +107,7 @@ class Viewer:
                 color = (150, 150, 150) if name == "reference" else (40, 170, 60) if split == "train" else (230, 120, 20)
                 handles.append(self.server.scene.add_camera_frustum(
                     f"/{name}/{split}/view{i:03d}", fov=float(2 * np.arctan(h / (2 * fy[i]))), aspect=w / h, scale=size,
-                    thickness=size * 0.03, color=color, image=None if name == "reference" else thumbnail(scene.images[i].numpy()),
+                    thickness=size * 0.03, color=color, image=None if name == "reference" else thumbnail(scene.images[i].cpu().numpy()),
                     wxyz=vtf.SO3.from_matrix(pose[:3, :3]).wxyz, position=pose[:3, 3]))
             self.frustums[name] = handles
         self.look_between(poses[scene.train_ids[:2]], centre)
@@ -141,7 +141,7 @@ class Viewer:
                     continue
                 renders = [iio.imread(f) for f in files]
                 h, w = renders[0].shape[:2]
-                image = thumbnail(system.scene.images[view].numpy(), max(h, w))
+                image = thumbnail(system.scene.images[view].cpu().numpy(), max(h, w))
                 row = [image] + [np.repeat(r[..., None], 3, -1) if r.ndim == 2 else r[..., :3] for r in renders]
                 self.renders.append(self.server.gui.add_image(np.concatenate([r[:h, :w] for r in row], 1), label=f"view {view}"))
 
@@ -216,10 +216,11 @@ class ViewerCallback(pl.Callback):
     def refresh_mesh(self, pl_module: Any, step: int) -> None:
         """Re-mesh the current surface at ``mesh_resolution`` and replace the mesh shown (of training step ``step``)."""
         vertices, faces = pl_module.surface(self.settings.mesh_resolution)
-        colors = pl_module.point_colors(vertices) if len(vertices) else None
-        world = pl_module.to_world(vertices.astype(np.float64))
-        self.viewer.show_mesh(colored_mesh(world, faces, colors))
         self.meshed_step = step
+        if not len(faces):  # no zero crossing yet: keep the mesh shown
+            return
+        world = pl_module.to_world(vertices.astype(np.float64))
+        self.viewer.show_mesh(colored_mesh(world, faces, pl_module.point_colors(vertices)))
         log.info("viewer: showing the mesh of step %d (%d faces)", step, len(faces))
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import socket
 import threading
 import time
 from pathlib import Path
@@ -69,6 +70,20 @@ def browser(viewer: Viewer) -> Iterator[None]:
 
 def glb_mesh(data: bytes) -> trimesh.Trimesh:
     return trimesh.load(io.BytesIO(data), file_type="glb", force="mesh", process=False)
+
+
+def test_a_port_in_use_gives_the_next_free_one(caplog):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with caplog.at_level("INFO", logger="viewer"):
+            viewer = Viewer("127.0.0.1", port)
+        try:
+            assert viewer.server.get_port() > port
+            assert f"viewer: open http://127.0.0.1:{viewer.server.get_port()} in a browser" in caplog.text
+        finally:
+            viewer.close()
 
 
 def test_world_poses_turn_scale_and_move_cameras():
@@ -177,6 +192,19 @@ def test_callback_remeshes_only_for_a_connected_browser_and_in_place(untrained):
     finally:
         callback.teardown(fake_trainer(3), untrained, "fit")
     assert callback.viewer is None
+
+
+def test_callback_keeps_the_mesh_while_the_surface_is_empty(untrained, monkeypatch):
+    callback = ViewerCallback(ViewerSettings(refresh_every=1, mesh_resolution=24))
+    callback.on_fit_start(fake_trainer(0), untrained)
+    try:
+        callback.refresh_mesh(untrained, 1)
+        shown = callback.viewer.mesh
+        monkeypatch.setattr(untrained, "surface", lambda resolution: (np.zeros((0, 3)), np.zeros((0, 3), np.int64)))
+        callback.refresh_mesh(untrained, 2)
+        assert callback.viewer.mesh is shown and callback.meshed_step == 2
+    finally:
+        callback.teardown(fake_trainer(2), untrained, "fit")
 
 
 def test_pause_button_holds_training_until_resumed(untrained):
