@@ -38,7 +38,8 @@ from datasets.errors import InputError
 from datasets.scene import Scene
 from datasets.sequence import Sequence
 from models.cameras import FixedCameras
-from systems.config import SequenceSettings, Viewer as ViewerSettings, as_section, check_sections, check_targets, register_configs
+from systems.config import SequenceSettings, as_section, check_sections, check_targets, register_configs
+from systems.config import Viewer as ViewerSettings
 from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, resume_hint
 from systems.inspect import inspect_init, transfer
 from systems.sequence import moving_cameras, train_sequence
@@ -417,7 +418,7 @@ def main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN and (cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1):
             raise InputError("trainer.devices", "a -m sweep runs each job on one device (DDP re-runs the command line)")
         if HydraConfig.get().mode == RunMode.MULTIRUN and (cfg.viewer.enabled or cfg.mode == "view"):
-            raise InputError("viewer.enabled", "the viewer shows one run; start it without -m")
+            raise InputError("viewer.enabled" if cfg.viewer.enabled else "mode", "the viewer shows one run; start it without -m")
         metrics = run(cfg, run_dir)
     except InputError as err:
         if fresh and not before and not child and not any((run_dir / name).exists() for name in ("checkpoints", "frames")):

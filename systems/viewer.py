@@ -61,13 +61,11 @@ def thumbnail(image: np.ndarray, size: int = THUMBNAIL) -> np.ndarray:
     return (np.clip(image[::step, ::step], 0, 1) * 255).astype(np.uint8)
 
 
-def colored_mesh(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None) -> trimesh.Trimesh:
-    """A trimesh of world vertices (V, 3), faces (F, 3) and colours (V, 3) in [0, 1] or uint8 (None: grey)."""
+def colored_mesh(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray) -> trimesh.Trimesh:
+    """A trimesh of world vertices (V, 3), faces (F, 3) and vertex colours (V, 3) in [0, 1]."""
     mesh = trimesh.Trimesh(vertices, faces, process=False)
-    if colors is not None:
-        colors = np.asarray(colors)
-        rgb = colors if colors.dtype == np.uint8 else (np.clip(colors, 0, 1) * 255).astype(np.uint8)
-        mesh.visual.vertex_colors = np.concatenate([rgb[:, :3], np.full((len(rgb), 1), 255, np.uint8)], 1)
+    rgb = (np.clip(colors, 0, 1) * 255).astype(np.uint8)
+    mesh.visual.vertex_colors = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], 1)
     return mesh
 
 
@@ -94,23 +92,24 @@ class Viewer:
 
     def show_cameras(self, system: Any) -> None:
         """Frustums of the training and held-out views (green and orange; reference poses grey), with
-        thumbnails of their images; the initial view looks from the first training camera at the object."""
+        thumbnails of their images; the browser's first view looks at the object (:meth:`look_between`)."""
         scene = system.scene
         h, w = scene.hw
         fy = scene.intrinsics[:, 1, 1].double().cpu().numpy()
         centre = scene.scale_mat[:3, 3]
-        for name, poses in camera_sets(system).items():
+        sets = camera_sets(system)
+        for name, poses in sets.items():
             size = 0.1 * float(np.median(np.linalg.norm(poses[:, :3, 3] - centre, axis=1)))
             handles = []
             for i, pose in enumerate(poses):
                 split = "train" if i in scene.train_ids else "test"
                 color = (150, 150, 150) if name == "reference" else (40, 170, 60) if split == "train" else (230, 120, 20)
+                image = None if name == "reference" else thumbnail(scene.images[i].cpu().numpy())
                 handles.append(self.server.scene.add_camera_frustum(
                     f"/{name}/{split}/view{i:03d}", fov=float(2 * np.arctan(h / (2 * fy[i]))), aspect=w / h, scale=size,
-                    thickness=size * 0.03, color=color, image=None if name == "reference" else thumbnail(scene.images[i].cpu().numpy()),
-                    wxyz=vtf.SO3.from_matrix(pose[:3, :3]).wxyz, position=pose[:3, 3]))
+                    thickness=size * 0.03, color=color, image=image, wxyz=vtf.SO3.from_matrix(pose[:3, :3]).wxyz, position=pose[:3, 3]))
             self.frustums[name] = handles
-        self.look_between(poses[scene.train_ids[:2]], centre)
+        self.look_between(next(iter(sets.values()))[scene.train_ids[:2]], centre)
 
     def look_between(self, poses: np.ndarray, centre: np.ndarray) -> None:
         """Start the browser's view at the object ``centre`` (3,) from between the cameras ``poses`` (K, 4, 4)

@@ -66,7 +66,8 @@ def stop(proc: subprocess.Popen) -> int:
 
 def screenshot(url: str, path: Path, profile: Path) -> np.ndarray:
     """An 800 x 600 screenshot (H, W, 3) of ``url`` in headless Chromium, WebGL rendered in software (SwiftShader)."""
-    done = subprocess.run([*CHROMIUM, f"--user-data-dir={profile}", "--virtual-time-budget=30000", f"--screenshot={path}", url], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*CHROMIUM, f"--user-data-dir={profile}", "--virtual-time-budget=30000", f"--screenshot={path}", url],
+                          capture_output=True, text=True, timeout=300)
     assert path.is_file(), done.stderr[-2000:]
     return iio.imread(path)[..., :3]
 
