@@ -37,16 +37,18 @@ from datasets.scene import Scene
 from datasets.sequence import Sequence
 from models.cameras import FixedCameras
 from systems.config import SequenceSettings, as_section, check_sections, check_targets, parse_duration, register_configs
+from systems.config import Viewer as ViewerSettings
 from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, TimeBudget, exit_on_sigterm, resume_hint
 from systems.inspect import inspect_init, transfer
 from systems.trust import build, check_run_targets, check_saved_overrides, read_saved_overrides, trust_command_line
 from systems.sequence import moving_cameras, train_sequence
 from systems.video import render_videos
+from systems.viewer import ViewerCallback, serve_run
 from systems.run_dir import (HYDRA_ENTRIES, adopt, check_new_run_dir, claim, find_checkpoint, folder_state, load_weights,
                              own_checkpoint, remove_created, remove_temporaries)
 
 log = logging.getLogger("launch")
-MODES = ("train", "test", "eval", "export", "inspect_init", "transfer", "video")
+MODES = ("train", "test", "eval", "export", "inspect_init", "transfer", "video", "view")
 # Keys of a dataset config that describe it rather than being loader arguments.
 DATASET_META = ("name", "scene", "background")
 # Keys of _target_ nodes that are ours, not arguments of the target (check_targets and build_trainer leave them out).
@@ -286,6 +288,8 @@ def run_sequence(cfg: DictConfig, run_dir: Path, sequence: Sequence) -> dict:
     """Train a dynamic scene frame by frame (systems/sequence.py); returns the summary of its per-frame metrics."""
     if cfg.mode != "train":
         raise single_scene_mode(cfg.mode)
+    if cfg.viewer.enabled:
+        raise InputError("viewer.enabled", "the viewer shows single scenes; a sequence's meshes are in frames/")
 
     def make_system(scene: Scene, folder: Path):
         system = build_system(cfg, folder, scene=scene)
@@ -336,6 +340,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         v = cfg.video
         videos = render_videos(system.eval(), run_dir / "video", v.frames, v.fps, v.size, v.path)
         return {"step": int(checkpoint["global_step"]), "video": [str(p) for p in videos]}
+    if cfg.mode == "view":
+        url = serve_run(system.eval(), run_dir, cfg.export.filename, cfg.viewer.host, cfg.viewer.port)
+        return {"step": int(checkpoint["global_step"]), "viewer": url}
 
     mesh_path = run_dir / "meshes" / cfg.export.filename
     export, evaluation = outputs(cfg, run_dir, mesh_path)
@@ -345,6 +352,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     started = time.time()
     callbacks = [evaluation] if cfg.mode == "eval" and mesh_path.exists() else [export, evaluation]
+    if cfg.mode == "train" and cfg.viewer.enabled:
+        callbacks.append(ViewerCallback(as_section(ViewerSettings, OmegaConf.to_container(cfg.viewer))))
     trainer = build_trainer(cfg, run_dir, callbacks)
     if cfg.mode == "train":
         trainer.fit(system, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
@@ -377,7 +386,7 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
         lines.append(f"held-out     PSNR {metrics['psnr']:.2f} dB{iou} over {metrics['n_test_views']} views")
     if "mesh" in metrics:
         lines.append(f"mesh         {metrics['mesh']}")
-    for key in ("inspect", "video"):
+    for key in ("inspect", "video", "viewer"):
         if key in metrics:
             lines.append(f"{key:<12} {metrics[key]}")
     return "\n".join(lines)
@@ -423,6 +432,8 @@ def main(cfg: DictConfig) -> float | None:
             adopt(run_dir)  # a resumed run made before the marker
         if HydraConfig.get().mode == RunMode.MULTIRUN and (cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1):
             raise InputError("trainer.devices", "a -m sweep runs each job on one device (DDP re-runs the command line)")
+        if HydraConfig.get().mode == RunMode.MULTIRUN and (cfg.viewer.enabled or cfg.mode == "view"):
+            raise InputError("viewer.enabled" if cfg.viewer.enabled else "mode", "the viewer shows one run; start it without -m")
         metrics = run(cfg, run_dir)
     except InputError as err:
         if fresh and kept is not None and not child and not any((run_dir / name).exists() for name in ("checkpoints", "frames")):

@@ -383,6 +383,20 @@ class BaseSystem(pl.LightningModule):
         exterior = grid.exterior()
         return lambda x: grid.lookup(x, exterior)
 
+    def surface(self, resolution: int, keep_largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The zero level set on a ``resolution``^3 grid in the normalised frame: vertices (V, 3), faces (F, 3)
+        (only the surface the renderer sees, see :meth:`export_mesh`; its largest component when ``keep_largest``)."""
+        vertices, faces = extract_mesh(self.sdf, resolution, device=self.device, chunk=self.render_chunk * 16,
+                                       outside=self.empty_space())
+        if keep_largest and len(faces):
+            vertices, faces = largest_component(vertices, faces)
+        return vertices, faces
+
+    def point_colors(self, points: np.ndarray) -> np.ndarray:
+        """:meth:`vertex_colors` of normalised points (P, 3), in chunks, as an array (P, 3) in [0, 1]."""
+        p = torch.from_numpy(points).float().to(self.device)
+        return torch.cat([self.vertex_colors(c) for c in p.split(self.render_chunk * 4)]).cpu().numpy()
+
     def export_mesh(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True,
                     target_faces: int | None = None, texture_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Extract the zero level set and write it (world frame) to ``path``; returns world (vertices, faces).
@@ -392,22 +406,14 @@ class BaseSystem(pl.LightningModule):
         (sine-based encoders such as NFFB readily cross zero there). ``target_faces`` decimates the
         mesh before it is coloured; ``texture_size`` also writes it UV-textured (``<stem>_textured``
         .obj/.mtl/.png/.glb, colours baked from the colour network into a texture that many texels square)."""
-        vertices, faces = extract_mesh(self.sdf, resolution, device=self.device, chunk=self.render_chunk * 16,
-                                       outside=self.empty_space())
-        if keep_largest and len(faces):
-            vertices, faces = largest_component(vertices, faces)
+        vertices, faces = self.surface(resolution, keep_largest)
         if target_faces is not None:
             vertices, faces = decimate(vertices, faces, target_faces)
-
-        def color_fn(points: np.ndarray) -> np.ndarray:
-            p = torch.from_numpy(points).float().to(self.device)
-            return torch.cat([self.vertex_colors(c) for c in p.split(self.render_chunk * 4)]).cpu().numpy()
-
-        rgb = color_fn(vertices) if colors and len(vertices) else None
+        rgb = self.point_colors(vertices) if colors and len(vertices) else None
         world = self.to_world(vertices.astype(np.float64)).astype(np.float32)
         save_mesh(path, world, faces, rgb)
         if texture_size and len(faces):
-            textured = bake_texture(vertices, faces, color_fn, texture_size)
+            textured = bake_texture(vertices, faces, self.point_colors, texture_size)
             path = Path(path)
             save_textured_mesh(path.with_name(f"{path.stem}_textured.obj"), self.to_world(textured.vertices).astype(np.float32),
                                textured.faces, textured.uv, textured.image)

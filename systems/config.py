@@ -395,6 +395,22 @@ class SequenceSettings:
 
 
 @dataclass
+class Viewer:
+    """The live viewer in the browser (systems/viewer.py): ``viewer.enabled=true`` while training, ``mode=view`` after."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"        # localhost only; another address (0.0.0.0: every interface) must be named here
+    port: int = 0                  # 0: a free port; a port in use: the next free one (the address is logged)
+    refresh_every: int = 50        # re-mesh the surface every this many steps (only while a browser is connected)
+    mesh_resolution: int = 64      # marching-cubes grid of the live mesh
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "port")
+        at_least(self, 1, "refresh_every")
+        at_least(self, 8, "mesh_resolution")
+
+
+@dataclass
 class Config:
     """The top level (configs/config.yaml chooses the groups)."""
 
@@ -406,7 +422,7 @@ class Config:
     scan: int = 24                 # DTU scan id, used by dataset=dtu
     data_dir: str = "data"         # where datasets live (the synthetic scene is generated and cached here)
     seed: int = 42
-    mode: str = "train"            # train | test | eval | export | inspect_init | transfer | video (see --help)
+    mode: str = "train"            # train | test | eval | export | inspect_init | transfer | video | view (see --help)
     resume: str | None = None      # a run directory or a checkpoint to continue / evaluate; auto: this run's own
                                    # folder if it has a checkpoint, else a fresh start (requeued cluster jobs, re-run sweeps)
     geometry_run: str | None = None    # mode=transfer: the run whose geometry is rendered ...
@@ -424,6 +440,7 @@ class Config:
     eval: Eval = field(default_factory=Eval)
     video: Video = field(default_factory=Video)
     sequence: SequenceSettings = field(default_factory=SequenceSettings)
+    viewer: Viewer = field(default_factory=Viewer)
 
 
 def register_configs() -> None:

@@ -69,6 +69,9 @@ def save_textured_mesh(path: str | Path, vertices: np.ndarray, faces: np.ndarray
         atomic_write(path.with_name(name), files[name])
         written.append(path.with_name(name))
     atomic_write(path, text.encode())
+    # glTF's metallic factor defaults to 1 (a mirror, near black in viewers without an environment map): a matte one.
+    mesh.visual.material = trimesh.visual.material.PBRMaterial(name=path.stem, baseColorTexture=material.image,
+                                                               metallicFactor=0.0, roughnessFactor=1.0)
     atomic_write(path.with_suffix(".glb"), mesh.export(file_type="glb"))
     return [*written, path, path.with_suffix(".glb")]
 

@@ -56,6 +56,8 @@ def test_textured_mesh_round_trip(tmp_path: Path, sphere: trimesh.Trimesh) -> No
         np.testing.assert_array_equal(mesh.faces, sphere.faces)
         np.testing.assert_allclose(mesh.visual.uv, uv, atol=1e-6)
         np.testing.assert_array_equal(np.asarray(texture(mesh).convert("RGB")), expected)
+    glb = trimesh.load(tmp_path / "m.glb", process=False, force="mesh").visual.material
+    assert glb.metallicFactor == 0.0  # matte: glTF's default of 1 shows near black without an environment map
 
 
 @pytest.mark.parametrize("failure", ["export", "write", "replace"])
