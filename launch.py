@@ -42,6 +42,7 @@ from systems.config import SequenceSettings, as_section, check_sections, check_t
 from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, resume_hint
 from systems.inspect import inspect_init, transfer
 from systems.sequence import moving_cameras, train_sequence
+from systems.sweep import FAILED_JOBS_FILE, failed_jobs, record_job
 from systems.video import render_videos
 from systems.run_dir import (HYDRA_ENTRIES, check_new_run_dir, find_checkpoint, folder_state, own_checkpoint, remove_created,
                              remove_temporaries)
@@ -55,10 +56,9 @@ TARGET_META = {"dataset": DATASET_META, "trainer": ("checkpoint_every_n_steps",)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # Whether an explicit hydra.run.dir existed before this process (set by prepare_argv; None: Hydra made it).
 RUN_DIR_EXISTED: bool | None = None
-# A sweep's folder (set by prepare_argv); its failed jobs append one line each to FAILED_JOBS_FILE there, from
-# whichever process ran them (the basic launcher's, joblib's or submitit's workers).
+# A sweep's folder (set by prepare_argv); its failed jobs have one line each in its failed_jobs.txt (systems.sweep),
+# written by whichever process ran them (the basic launcher's, joblib's or submitit's workers).
 SWEEP_DIR: Path | None = None
-FAILED_JOBS_FILE = "failed_jobs.txt"
 register_configs()
 
 
@@ -375,13 +375,12 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
 
 def fail(line: str, code: int) -> None:
     """Report a failed job in one line: exit with ``code``, or in a sweep, record it in the sweep's
-    ``failed_jobs.txt`` and let the sweep go on."""
+    ``failed_jobs.txt`` (the job's line, replaced when a re-run sweep fails again) and let the sweep go on."""
     print(line, file=sys.stderr)
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         sys.exit(code)
-    with open(Path(hydra_cfg.sweep.dir) / FAILED_JOBS_FILE, "a") as failed:  # one short append per job
-        failed.write(f"job {hydra_cfg.job.num}: {line}\n")
+    record_job(hydra_cfg.sweep.dir, hydra_cfg.job.num, line)
 
 
 def objective_value(cfg: DictConfig, metrics: dict | None) -> float | None:
@@ -423,6 +422,8 @@ def main(cfg: DictConfig) -> float | None:
         log.exception("job failed")
         fail(f"error: {run_dir}: {type(err).__name__}: {err}", 1)
         return objective_value(cfg, None)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a re-run sweep's job that now finished is no longer a failure
+        record_job(HydraConfig.get().sweep.dir, HydraConfig.get().job.num, None)
     if not child:
         print(summary(cfg, run_dir, metrics))
     return objective_value(cfg, metrics)
@@ -435,8 +436,8 @@ if __name__ == "__main__":
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     main()
-    failed = SWEEP_DIR / FAILED_JOBS_FILE if SWEEP_DIR is not None else None
-    if failed is not None and failed.is_file():
-        n_failed = len(failed.read_text().splitlines())
-        print(f"error: {n_failed} job(s) of the sweep failed (listed in {failed}); the others finished", file=sys.stderr)
+    n_failed = len(failed_jobs(SWEEP_DIR)) if SWEEP_DIR is not None else 0
+    if n_failed:
+        print(f"error: {n_failed} job(s) of the sweep failed (listed in {SWEEP_DIR / FAILED_JOBS_FILE}); the others finished",
+              file=sys.stderr)
         sys.exit(2)
