@@ -39,7 +39,8 @@ from datasets.scene import Scene
 from datasets.sequence import Sequence
 from models.cameras import FixedCameras
 from systems.config import SequenceSettings, as_section, check_sections, check_targets, register_configs
-from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, resume_hint
+from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, StopReason, TerminateTestOnSigterm, TrainTime,
+                               resume_hint)
 from systems.inspect import inspect_init, transfer
 from systems.sequence import moving_cameras, train_sequence
 from systems.sweep import FAILED_JOBS_FILE, failed_jobs, record_job
@@ -335,13 +336,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         export.export(system)
         return {"step": int(checkpoint["global_step"]), "mesh": str(mesh_path)}
 
-    started = time.time()
     callbacks = [evaluation] if cfg.mode == "eval" and mesh_path.exists() else [export, evaluation]
-    trainer = build_trainer(cfg, run_dir, callbacks)
+    train_time = TrainTime()  # summed over resumes through the checkpoint
+    trainer = build_trainer(cfg, run_dir, [*callbacks, train_time, StopReason()] if cfg.mode == "train" else callbacks)
     if cfg.mode == "train":
         trainer.fit(system, ckpt_path=str(ckpt) if ckpt else None)
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-        evaluation.extra = {"train_time_s": round(time.time() - started, 1)}
+        evaluation.extra = {"train_time_s": round(train_time.seconds, 1)}
     else:
         # The weights are loaded already; the trainer's own step is 0 when testing, so report the checkpoint's.
         evaluation.extra = {"step": int(checkpoint["global_step"])}

@@ -13,6 +13,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import trimesh
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from scipy.spatial import cKDTree
 
@@ -53,6 +54,56 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(path.name + ".tmp")
         torch.save(checkpoint, tmp)
         os.replace(tmp, path)
+
+
+class TrainTime(pl.Callback):
+    """The run's training time in seconds, summed over every resume: it travels in the checkpoint
+    (Lightning saves a callback's ``state_dict``). It counts from ``on_train_start``, so what happens
+    in ``on_fit_start`` (NeuS's visual-hull carving) is not training time."""
+
+    def __init__(self) -> None:
+        self.before = 0.0  # seconds of earlier sessions (from the checkpoint)
+        self.started: float | None = None
+        self.ended: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Training time so far: earlier sessions plus this one up to now (or to its end)."""
+        if self.started is None:
+            return self.before
+        return self.before + ((self.ended or time.time()) - self.started)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started, self.ended = time.time(), None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.ended = time.time()
+
+    def state_dict(self) -> dict[str, float]:
+        return {"train_time_s": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before, self.started, self.ended = float(state_dict["train_time_s"]), None, None
+
+
+def stop_reason(trainer: pl.Trainer) -> str:
+    """One line saying which limit ended training: ``trainer.max_steps`` or ``trainer.max_time``."""
+    step, max_steps = int(trainer.global_step), int(trainer.max_steps)
+    if max_steps >= 0 and step >= max_steps:
+        return f"training ended at step {step}: trainer.max_steps={max_steps} reached"
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining("train") if timer is not None else None
+    if remaining is not None and remaining <= 0:
+        return (f"training ended at step {step} of trainer.max_steps={max_steps}: trainer.max_time reached "
+                "(raise trainer.max_time or set it to null for the full step count)")
+    return f"training ended at step {step} of trainer.max_steps={max_steps} before either limit (trainer.should_stop was set)"
+
+
+class StopReason(pl.Callback):
+    """Logs :func:`stop_reason` when training ends."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log.info(stop_reason(trainer))
 
 
 def resume_hint(run_dir: Path, mode: str = "train") -> str:

@@ -50,6 +50,7 @@ def test_run_directory_contract_and_overrides(finished_run):
     for key in ("psnr", "iou", "chamfer", "accuracy", "completeness"):
         assert isinstance(metrics[key], float)
     assert not list(finished_run.rglob("*.tmp"))
+    assert "training ended at step 6: trainer.max_steps=6 reached" in (finished_run / "launch.log").read_text()
 
 
 def test_mesh_is_in_the_world_frame(finished_run, data_dir):
@@ -74,10 +75,13 @@ def test_resume_continues_at_the_saved_step(launch, finished_run, tmp_path):
     for key, value in before["state_dict"].items():
         assert torch.equal(value, after["state_dict"][key]), key
     # A larger budget continues from step 6 to 9 with the saved overrides (tiny scene) re-applied.
+    trained = json.loads((finished_run / "metrics.json").read_text())["train_time_s"]
     result = launch(f"resume={run_dir / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=9")
     assert result.returncode == 0, result.stderr[-3000:]
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 9
-    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 9
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] == 9
+    assert metrics["train_time_s"] > trained  # the first 6 steps' time is carried in the checkpoint
     assert "grid.occupied" in "".join(after["state_dict"])  # the occupancy grid travels with the checkpoint
 
 
