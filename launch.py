@@ -42,6 +42,7 @@ from systems.config import SequenceSettings, as_section, check_sections, check_t
 from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, StopReason, TerminateTestOnSigterm, TrainTime,
                                resume_hint)
 from systems.inspect import inspect_init, transfer
+from systems.mesh_io import textured_files
 from systems.sequence import moving_cameras, train_sequence
 from systems.sweep import FAILED_JOBS_FILE, failed_jobs, record_job
 from systems.video import render_videos
@@ -263,6 +264,14 @@ def load_run(path: str):
     return build_system(cfg, run_dir, load_checkpoint(ckpt)).eval()
 
 
+def mesh_filename(export: DictConfig) -> str:
+    """``export.filename``, or by default ``final.ply``, and ``final_<N>.ply`` for a mesh decimated to N faces
+    (so a decimated export never replaces the full mesh)."""
+    if export.filename:
+        return export.filename
+    return f"final_{export.target_faces}.ply" if export.target_faces is not None else "final.ply"
+
+
 def outputs(cfg: DictConfig, run_dir: Path, mesh_path: Path) -> tuple[MeshExport, Evaluation]:
     """The mesh export (to ``mesh_path``) and evaluation (``run_dir/metrics.json``) callbacks of ``cfg.export``, ``cfg.eval``."""
     if cfg.export.target_faces is not None and cfg.export.target_faces < 4:
@@ -330,11 +339,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         videos = render_videos(system.eval(), run_dir / "video", v.frames, v.fps, v.size, v.path)
         return {"step": int(checkpoint["global_step"]), "video": [str(p) for p in videos]}
 
-    mesh_path = run_dir / "meshes" / cfg.export.filename
+    mesh_path = run_dir / "meshes" / mesh_filename(cfg.export)
     export, evaluation = outputs(cfg, run_dir, mesh_path)
     if cfg.mode == "export":
         export.export(system)
-        return {"step": int(checkpoint["global_step"]), "mesh": str(mesh_path)}
+        textured = {"textured": [str(p) for p in textured_files(mesh_path)]} if cfg.export.texture else {}
+        return {"step": int(checkpoint["global_step"]), "mesh": str(mesh_path), **textured}
 
     callbacks = [evaluation] if cfg.mode == "eval" and mesh_path.exists() else [export, evaluation]
     train_time = TrainTime()  # summed over resumes through the checkpoint
@@ -344,8 +354,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         evaluation.extra = {"train_time_s": round(train_time.seconds, 1)}
     else:
-        # The weights are loaded already; the trainer's own step is 0 when testing, so report the checkpoint's.
+        # The weights are loaded already; the trainer's own step is 0 when testing, so report and log the checkpoint's.
         evaluation.extra = {"step": int(checkpoint["global_step"])}
+        export.step = int(checkpoint["global_step"])
     trainer.test(system, verbose=False)
     return evaluation.metrics
 
@@ -366,11 +377,10 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
     if "psnr" in metrics:
         iou = f", IoU {metrics['iou']:.4f}" if "iou" in metrics else ""
         lines.append(f"held-out     PSNR {metrics['psnr']:.2f} dB{iou} over {metrics['n_test_views']} views")
-    if "mesh" in metrics:
-        lines.append(f"mesh         {metrics['mesh']}")
-    for key in ("inspect", "video"):
-        if key in metrics:
-            lines.append(f"{key:<12} {metrics[key]}")
+    for key in ("mesh", "textured", "inspect", "video"):  # a path, or several, one a line
+        paths = metrics.get(key, [])
+        for i, path in enumerate([paths] if isinstance(paths, str) else paths):
+            lines.append(f"{key if i == 0 else '':<12} {path}")
     return "\n".join(lines)
 
 

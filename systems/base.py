@@ -289,7 +289,7 @@ class BaseSystem(pl.LightningModule):
         view = int(view)
         metrics, out = self.evaluate_view(view)
         metrics = {k: float(v) for k, v in metrics.items()}
-        log.info("held-out view %d (%d/%d): %s", view, batch_idx + 1, len(self.scene.test_ids),
+        log.info("held-out view %s (%d/%d): %s", self.scene.view_label(view), batch_idx + 1, len(self.scene.test_ids),
                  ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         self.test_outputs.append((view, metrics, visualise(out)))
 
@@ -312,7 +312,7 @@ class BaseSystem(pl.LightningModule):
             render_dir.mkdir(parents=True, exist_ok=True)
             for view, (_, images) in views.items():
                 for key, image in images.items():
-                    iio.imwrite(render_dir / f"view{view:03d}_{key}.png", image)
+                    iio.imwrite(render_dir / f"{self.scene.view_label(view)}_{key}.png", image)
         self.test_outputs = []
 
     # ----------------------------------------------------------------- meshes

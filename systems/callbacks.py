@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 from datasets.errors import InputError
 from models.mesh import decimate
 from models.metrics import chamfer_distance, downsample_points, dtu_official_distances, sample_surface_grid, visible_in_masks
-from systems.mesh_io import atomic_write, dtu_official_paths, load_dtu_official, load_reference
+from systems.mesh_io import atomic_write, dtu_official_paths, load_dtu_official, load_reference, textured_files
 
 log = logging.getLogger(__name__)
 TENSORBOARD_MAX_FACES = 50_000  # meshes logged to TensorBoard are decimated to this many faces
@@ -137,14 +137,15 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 class MeshExport(pl.Callback):
     """Extracts the final mesh (world frame) when testing ends, and writes trainable cameras to
-    ``cameras_path`` (NeuS/IDR layout) when the system has any; on rank 0 only."""
+    ``cameras_path`` (NeuS/IDR layout) when the system has any; on rank 0 only. ``step``: the step the
+    mesh is logged at (None: the trainer's; a run evaluated from a checkpoint passes the checkpoint's)."""
 
     def __init__(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True,
                  cameras_path: str | Path | None = None, target_faces: int | None = None,
-                 texture_size: int | None = None) -> None:
+                 texture_size: int | None = None, step: int | None = None) -> None:
         self.path, self.resolution, self.keep_largest, self.colors = Path(path), resolution, keep_largest, colors
         self.cameras_path = None if cameras_path is None else Path(cameras_path)
-        self.target_faces, self.texture_size = target_faces, texture_size
+        self.target_faces, self.texture_size, self.step = target_faces, texture_size, step
 
     def export(self, pl_module: pl.LightningModule) -> None:
         started = time.time()
@@ -152,6 +153,8 @@ class MeshExport(pl.Callback):
         vertices, faces = pl_module.export_mesh(self.path, self.resolution, self.keep_largest, self.colors,
                                                 self.target_faces, self.texture_size)
         log.info("mesh: %d vertices, %d faces in %.0f s -> %s", len(vertices), len(faces), time.time() - started, self.path)
+        if self.texture_size:
+            log.info("textured mesh -> %s", ", ".join(str(p) for p in textured_files(self.path)))
         if self.cameras_path is not None and pl_module.trainable_cameras:
             pl_module.export_cameras(self.cameras_path)
 
@@ -161,7 +164,7 @@ class MeshExport(pl.Callback):
         self.export(pl_module)
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_mesh") and self.path.exists():
-            log_mesh(experiment, "mesh", self.path, int(trainer.global_step))
+            log_mesh(experiment, "mesh", self.path, int(trainer.global_step) if self.step is None else self.step)
 
 
 def log_mesh(writer: Any, tag: str, path: str | Path, step: int, max_faces: int = TENSORBOARD_MAX_FACES) -> None:
@@ -253,11 +256,13 @@ class Evaluation(pl.Callback):
             metrics.update(chamfer, protocol=self.protocol)
         if self.mesh_path.exists():
             metrics["mesh"] = str(self.mesh_path)
+        if textured_files(self.mesh_path):
+            metrics["textured"] = [str(p) for p in textured_files(self.mesh_path)]
         path = self.run_dir / "metrics.json"
         if path.exists():
             metrics = {**json.loads(path.read_text()), **metrics}
         write_json(path, metrics)
         if trainer.logger is not None:
             scalars = {f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
-            trainer.logger.log_metrics(scalars, step=int(trainer.global_step))
+            trainer.logger.log_metrics(scalars, step=int(metrics["step"]))  # a checkpoint's step in mode=test/eval
         self.metrics = metrics

@@ -99,6 +99,14 @@ def test_export_and_test_modes_rewrite_results(launch, finished_run, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["step"] == 6 and "chamfer" in metrics and "psnr" in metrics
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
+    # Training's and mode=test's event files: both log the metrics and the mesh at the checkpoint's step 6.
+    steps = {"test/psnr": [], "mesh_VERTEX": []}
+    for events in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"tensors": 0, "scalars": 0})
+        accumulator.Reload()
+        steps["test/psnr"] += [e.step for e in accumulator.Scalars("test/psnr")] if "test/psnr" in accumulator.Tags()["scalars"] else []
+        steps["mesh_VERTEX"] += [e.step for e in accumulator.Tensors("mesh_VERTEX")] if "mesh_VERTEX" in accumulator.Tags()["tensors"] else []
+    assert steps == {"test/psnr": [6, 6], "mesh_VERTEX": [6, 6]}
 
 
 def test_the_mesh_is_logged_to_tensorboard(finished_run):
@@ -133,11 +141,16 @@ def test_textured_decimated_export(launch, finished_run, tmp_path):
     result = launch(f"resume={run_dir}", "mode=export", "export.texture=true", "export.target_faces=500", "export.texture_size=128")
     assert result.returncode == 0, result.stderr[-3000:]
     meshes = run_dir / "meshes"
-    assert sorted(p.name for p in meshes.iterdir()) == ["final.ply", "final_textured.glb", "final_textured.mtl",
-                                                        "final_textured.obj", "final_textured.png"]
-    plain = trimesh.load(meshes / "final.ply", process=False)
+    # The decimated mesh has a name of its own: the training's full mesh is kept.
+    assert sorted(p.name for p in meshes.iterdir()) == ["final.ply", "final_500.ply", "final_500_textured.glb", "final_500_textured.mtl",
+                                                        "final_500_textured.obj", "final_500_textured.png"]
+    assert (meshes / "final.ply").read_bytes() == (finished_run / "meshes" / "final.ply").read_bytes()
+    plain = trimesh.load(meshes / "final_500.ply", process=False)
     assert 400 <= len(plain.faces) <= 500
-    for name in ("final_textured.obj", "final_textured.glb"):
+    # The summary lists every file written, one a line.
+    listed = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith(("mesh ", "textured ", " "))]
+    assert sorted(Path(p).name for p in listed) == sorted(p.name for p in meshes.iterdir() if p.name != "final.ply")
+    for name in ("final_500_textured.obj", "final_500_textured.glb"):
         textured = trimesh.load(meshes / name, process=False, force="mesh")
         image = textured.visual.material.image if name.endswith(".obj") else textured.visual.material.baseColorTexture
         assert len(textured.faces) == len(plain.faces) and textured.visual.uv.shape == (len(textured.vertices), 2)
@@ -300,7 +313,8 @@ def test_group_checks_read_hydra_sweep_syntax():
 def test_help_describes_the_tool(launch):
     result = launch("--help")
     assert result.returncode == 0
-    for words in ("Modes", "resume=RUN_DIR", "Examples", "encoder: frequency, hashgrid, nffb, stylemod_nffb"):
+    for words in ("Modes", "resume=RUN_DIR", "Examples", "encoder: frequency, hashgrid, nffb, stylemod_nffb", "tools.colmap_scene",
+                  "dataset=dtu dataset.root=DIR", "dataset.downscale=2 dataset.max_test_views=4"):
         assert words in result.stdout, words
 
 
@@ -344,3 +358,23 @@ def test_a_job_returns_its_objective_for_sweepers():
     assert math.isnan(objective_value(compose_config(["objective=chamfer"]), None))
     assert math.isnan(objective_value(compose_config(["objective=nope"]), {"chamfer": 1.25}))
     assert objective_value(compose_config([]), {"chamfer": 1.25}) is None
+
+
+def test_the_summary_lists_each_output_file_on_a_line_of_its_own(tmp_path):
+    from omegaconf import OmegaConf
+
+    from launch import summary
+
+    cfg = OmegaConf.create({"name": "tiny", "mode": "video"})
+    videos = [str(tmp_path / "video" / "turntable_rgb.mp4"), str(tmp_path / "video" / "turntable_normal.mp4")]
+    text = summary(cfg, tmp_path, {"step": 6, "video": videos, "mesh": "m.ply", "textured": ["t.obj", "t.glb"]})
+    assert text.splitlines()[3:] == ["mesh         m.ply", "textured     t.obj", "             t.glb",
+                                     f"video        {videos[0]}", f"             {videos[1]}"]
+
+
+def test_a_decimated_export_is_named_after_its_face_count():
+    from launch import compose_config, mesh_filename
+
+    assert mesh_filename(compose_config([]).export) == "final.ply"
+    assert mesh_filename(compose_config(["export.target_faces=5000"]).export) == "final_5000.ply"
+    assert mesh_filename(compose_config(["export.target_faces=5000", "export.filename=small.obj"]).export) == "small.obj"
