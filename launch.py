@@ -40,7 +40,7 @@ from datasets.sequence import Sequence
 from models.cameras import FixedCameras
 from systems.config import SequenceSettings, as_section, check_sections, check_targets, register_configs
 from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, StopReason, TerminateTestOnSigterm, TrainTime,
-                               resume_hint)
+                               flatten, resume_hint)
 from systems.inspect import inspect_init, transfer
 from systems.mesh_io import textured_files
 from systems.sequence import moving_cameras, train_sequence
@@ -283,6 +283,7 @@ def outputs(cfg: DictConfig, run_dir: Path, mesh_path: Path) -> tuple[MeshExport
                         texture_size=cfg.export.texture_size if cfg.export.texture else None)
     evaluation = Evaluation(run_dir, mesh_path, cfg.eval.chamfer_points, cfg.eval.max_dist, cfg.eval.mask_dilation,
                             protocol=cfg.eval.protocol, dtu_dir=cfg.eval.dtu_dir, scan=cfg.scan)
+    evaluation.hparams = flatten(OmegaConf.to_container(cfg, resolve=True))
     return export, evaluation
 
 

@@ -82,6 +82,7 @@ class BaseSystem(pl.LightningModule):
                                                         f"and {field_cfg.sh_degree}")
         self.background_field = BackgroundField(**dataclasses.asdict(field_cfg)) if background == "nerf" else None
         self.test_metrics: list[dict[str, float]] = []  # per held-out view, after the test epoch (rank 0)
+        self.test_renders: dict[str, dict[str, np.ndarray]] = {}  # {view label: {rgb, normal, depth}} after the test epoch (rank 0)
         self.test_outputs: list[tuple[int, dict[str, float], dict[str, np.ndarray]]] = []  # (view, metrics, images) of this rank
         self.register_buffer("train_ids", torch.tensor(scene.train_ids), persistent=False)
         self.step_offset = 0  # steps trained before this fit (earlier frames of a sequence): schedules see them too
@@ -298,8 +299,8 @@ class BaseSystem(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         """Collect the held-out views on rank 0 (DDP splits them across processes and repeats some to
-        even the split), each once and in order: their metrics in ``test_metrics``, their renders
-        written to ``renders/``. Other ranks keep none."""
+        even the split), each once and in order: their metrics in ``test_metrics``, their renders in
+        ``test_renders`` and written to ``renders/``. Other ranks keep none."""
         outputs = self.test_outputs
         if self.trainer.world_size > 1:
             gathered = [None] * self.trainer.world_size if self.trainer.is_global_zero else None
@@ -307,6 +308,7 @@ class BaseSystem(pl.LightningModule):
             outputs = [o for rank in gathered or [] for o in rank]
         views = {view: (metrics, images) for view, metrics, images in sorted(outputs, key=lambda o: o[0])}
         self.test_metrics = [metrics for metrics, _ in views.values()]
+        self.test_renders = {self.scene.view_label(view): images for view, (_, images) in views.items()}
         if self.run_dir is not None and views:
             render_dir = self.run_dir / "renders"
             render_dir.mkdir(parents=True, exist_ok=True)

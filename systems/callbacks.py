@@ -130,6 +130,17 @@ class TerminateTestOnSigterm(pl.Callback):
         signal.signal(signal.SIGTERM, stop)
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": 1, "c": "[1, 2]"}``: numbers, strings, booleans and None kept, the rest as text."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomically write ``data`` as JSON."""
     atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
@@ -195,6 +206,7 @@ class Evaluation(pl.Callback):
         self.run_dir, self.mesh_path = Path(run_dir), Path(mesh_path)
         self.chamfer_points, self.max_dist, self.mask_dilation = chamfer_points, max_dist, mask_dilation
         self.extra = extra or {}
+        self.hparams: dict[str, Any] = {}  # the run's flattened config, logged with the final metrics (TensorBoard's HParams tab)
         self.metrics: dict[str, Any] = {}
         if protocol not in PROTOCOLS:
             raise InputError("eval.protocol", f"unknown value {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -239,6 +251,11 @@ class Evaluation(pl.Callback):
         log.info("Chamfer distance on %d points per side (about a minute per 200k points on 2 CPU cores) ...", self.chamfer_points)
         return chamfer_distance(pred_v, pred_f, gt_v, gt_f, n_points=self.chamfer_points, max_dist=self.max_dist, pred_keep=keep)
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """The config goes to the logger first: its ``hparams.yaml`` is written once, at its first save."""
+        if self.hparams and trainer.logger is not None:
+            trainer.logger.log_hyperparams(self.hparams)
+
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:  # DDP: rank 0 holds every view's metrics (BaseSystem.on_test_epoch_end)
             return
@@ -263,6 +280,14 @@ class Evaluation(pl.Callback):
             metrics = {**json.loads(path.read_text()), **metrics}
         write_json(path, metrics)
         if trainer.logger is not None:
+            step = int(metrics["step"])  # a checkpoint's step in mode=test/eval
             scalars = {f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
-            trainer.logger.log_metrics(scalars, step=int(metrics["step"]))  # a checkpoint's step in mode=test/eval
+            trainer.logger.log_metrics(scalars, step=step)
+            experiment = getattr(trainer.logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                for label, images in pl_module.test_renders.items():
+                    for key, image in images.items():
+                        experiment.add_image(f"test_{key}/{label}", image, step, dataformats="HWC" if image.ndim == 3 else "HW")
+            if self.hparams:
+                trainer.logger.log_hyperparams(self.hparams, {f"hparams/{k[5:]}": v for k, v in scalars.items()})
         self.metrics = metrics

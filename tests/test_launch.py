@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+import yaml
 from scipy.spatial import cKDTree
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -119,6 +120,19 @@ def test_the_mesh_is_logged_to_tensorboard(finished_run):
     shapes = {tag: [d.size for d in logged[tag].tensor_proto.tensor_shape.dim] for tag in ("mesh_VERTEX", "mesh_FACE", "mesh_COLOR")}
     assert shapes == {"mesh_VERTEX": [1, len(mesh.vertices), 3], "mesh_FACE": [1, len(mesh.faces), 3], "mesh_COLOR": [1, len(mesh.vertices), 3]}
     assert logged["mesh_VERTEX"].step == 6
+
+
+def test_held_out_renders_and_the_config_are_in_tensorboard(finished_run):
+    images = {}
+    for events in (finished_run / "tensorboard").glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+        accumulator.Reload()
+        images.update({tag: accumulator.Images(tag)[-1] for tag in accumulator.Tags()["images"] if tag.startswith("test_")})
+    assert sorted(images) == sorted(f"test_{key}/view{view:03d}" for key in ("rgb", "normal", "depth") for view in (0, 4))
+    assert {(i.step, i.width, i.height) for i in images.values()} == {(6, 64, 48)}
+    # hparams.yaml holds the flattened config; the final metrics go with it to the HParams tab.
+    hparams = yaml.safe_load((finished_run / "tensorboard" / "hparams.yaml").read_text())
+    assert hparams["trainer.max_steps"] == 6 and hparams["name"] == "tiny" and hparams["system.name"] == "neus"
 
 
 @pytest.mark.slow
