@@ -42,6 +42,7 @@ from systems.config import SequenceSettings, as_section, check_sections, check_t
 from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, StopReason, TerminateTestOnSigterm, TrainTime,
                                flatten, resume_hint)
 from systems.inspect import inspect_init, transfer
+from systems.quiet import quiet_libraries
 from systems.mesh_io import textured_files
 from systems.sequence import moving_cameras, train_sequence
 from systems.sweep import FAILED_JOBS_FILE, failed_jobs, record_job
@@ -62,6 +63,7 @@ RUN_DIR_EXISTED: bool | None = None
 # written by whichever process ran them (the basic launcher's, joblib's or submitit's workers).
 SWEEP_DIR: Path | None = None
 register_configs()
+quiet_libraries()
 
 
 def _arg(argv: list[str], key: str) -> str | None:
@@ -206,6 +208,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> pl.Trainer
              for name, node in cfg.callbacks.items() if node is not None]
     logger = build("logger", cfg.logger, save_dir=str(run_dir), name="tensorboard", version="")
     trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in TARGET_META["trainer"]}
+    if trainer.get("max_steps", -1) > 0:  # a short run logs about 100 points too, not max_steps / 25 of them
+        trainer["log_every_n_steps"] = max(1, min(trainer.get("log_every_n_steps", 50), trainer["max_steps"] // 100))
     return build("trainer", trainer, logger=logger, callbacks=[*named, TerminateTestOnSigterm(run_dir, cfg.mode), *callbacks],
                  enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in named), plugins=[AtomicCheckpointIO()],
                  check_val_every_n_epoch=None, num_sanity_val_steps=0, enable_model_summary=False, inference_mode=False)
@@ -352,8 +356,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trainer = build_trainer(cfg, run_dir, [*callbacks, train_time, StopReason()] if cfg.mode == "train" else callbacks)
     if cfg.mode == "train":
         trainer.fit(system, ckpt_path=str(ckpt) if ckpt else None)
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-        evaluation.extra = {"train_time_s": round(train_time.seconds, 1)}
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # with optimiser and loops: resumable
+        hull = {"hull_time_s": system.hull_time_s} if getattr(system, "hull_time_s", None) is not None else {}
+        evaluation.extra = {"train_time_s": round(train_time.seconds, 1), **hull}
     else:
         # The weights are loaded already; the trainer's own step is 0 when testing, so report and log the checkpoint's.
         evaluation.extra = {"step": int(checkpoint["global_step"])}
@@ -372,6 +377,8 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
                 lines.append(f"{key:<12} mean {metrics[key + '_mean']:.3f}, min {metrics[key + '_min']:.3f}, max {metrics[key + '_max']:.3f}")
     if "train_time_s" in metrics:
         lines.append(f"train time   {metrics['train_time_s']} s")
+    if "hull_time_s" in metrics:
+        lines.append(f"visual hull  {metrics['hull_time_s']} s (before training)")
     if "chamfer" in metrics:
         lines.append(f"chamfer      {metrics['chamfer']:.3f}  (accuracy {metrics['accuracy']:.3f}, completeness {metrics['completeness']:.3f}"
                      f"{', ' + metrics['protocol'] if 'protocol' in metrics else ''})")

@@ -198,21 +198,34 @@ class BaseSystem(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """:class:`StepSchedules` walks the ``update_step`` hooks before every training step."""
-        return [StepSchedules()]
+        """:class:`StepSchedules` walks the ``update_step`` hooks before every training step (attached once:
+        a trainer that fitted and now tests has it already)."""
+        attached = self._trainer is not None and any(isinstance(c, StepSchedules) for c in self.trainer.callbacks)
+        return [] if attached else [StepSchedules()]
 
     # ------------------------------------------------------------- rendering
     def render_rays(self, rays: RayBundle, background: torch.Tensor) -> dict[str, torch.Tensor]:
         """Evaluation rendering of rays: rgb (R, 3), opacity (R,), depth (R,), normal (R, 3)."""
         raise NotImplementedError
 
+    def render_chunked(self, rays: RayBundle) -> dict[str, torch.Tensor]:
+        """Evaluation rendering of many rays in chunks of ``render_chunk``: rgb (R, 3), opacity (R,), depth (R,),
+        normal (R, 3), detached. Only these four per-ray outputs of a chunk are kept (its samples, their
+        autograd graph from the SDF normals, and any other output are freed before the next chunk), so the
+        peak memory does not grow with the ray count."""
+        kept: dict[str, list[torch.Tensor]] = {key: [] for key in ("rgb", "opacity", "depth", "normal")}
+        for o, d in zip(rays.origins.split(self.render_chunk), rays.directions.split(self.render_chunk)):
+            chunk = RayBundle(o, d)
+            out = self.render_rays(chunk, self.background(chunk))
+            for key, values in kept.items():
+                values.append(out[key].detach())
+            del out
+        return {key: torch.cat(values) for key, values in kept.items()}
+
     def render_image(self, intrinsics: torch.Tensor, c2w: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
-        """Render a camera, intrinsics (3, 3) and c2w (4, 4), in chunks of ``render_chunk`` rays:
+        """Render a camera, intrinsics (3, 3) and c2w (4, 4), in chunks (:meth:`render_chunked`):
         rgb, normal (H, W, 3), opacity, depth (H, W), detached."""
-        rays = image_rays(intrinsics, c2w, height, width)
-        chunks = [self.render_rays(chunk, self.background(chunk)) for chunk in
-                  (RayBundle(o, d) for o, d in zip(rays.origins.split(self.render_chunk), rays.directions.split(self.render_chunk)))]
-        out = {key: torch.cat([c[key].detach() for c in chunks]) for key in ("rgb", "opacity", "depth", "normal")}
+        out = self.render_chunked(image_rays(intrinsics, c2w, height, width))
         return {key: v.reshape(height, width, -1).squeeze(-1) for key, v in out.items()}
 
     def render_view(self, view: int) -> dict[str, torch.Tensor]:

@@ -31,6 +31,8 @@ def finished_run(launch, tiny, data_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "base"
     result = launch(*tiny, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}", "seed=7", "name=tiny")
     assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir.parent / "base.stdout").write_text(result.stdout)  # beside the run, whose folder holds only its own files
+    (run_dir.parent / "base.stderr").write_text(result.stderr)
     return run_dir
 
 
@@ -52,6 +54,17 @@ def test_run_directory_contract_and_overrides(finished_run):
         assert isinstance(metrics[key], float)
     assert not list(finished_run.rglob("*.tmp"))
     assert "training ended at step 6: trainer.max_steps=6 reached" in (finished_run / "launch.log").read_text()
+
+
+def test_a_run_prints_progress_and_no_library_noise(finished_run):
+    stderr = (finished_run.parent / "base.stderr").read_text()
+    for noise in ("Tip:", "LeafSpec", "weights_only", "will override existing callbacks"):
+        assert noise not in stderr, noise
+    # The visual hull is carved with a progress bar over the 6 training views, and timed apart from training.
+    assert "visual hull: 100%" in stderr and "6/6" in stderr
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert 0 < metrics["hull_time_s"] and 0 < metrics["train_time_s"]
+    assert f"visual hull  {metrics['hull_time_s']} s (before training)" in (finished_run.parent / "base.stdout").read_text()
 
 
 def test_mesh_is_in_the_world_frame(finished_run, data_dir):
@@ -392,3 +405,11 @@ def test_a_decimated_export_is_named_after_its_face_count():
     assert mesh_filename(compose_config([]).export) == "final.ply"
     assert mesh_filename(compose_config(["export.target_faces=5000"]).export) == "final_5000.ply"
     assert mesh_filename(compose_config(["export.target_faces=5000", "export.filename=small.obj"]).export) == "small.obj"
+
+
+@pytest.mark.parametrize(("max_steps", "expected"), [(20, 1), (600, 6), (1500, 15), (100_000, 25)])
+def test_a_short_run_logs_often_enough(tmp_path, max_steps, expected):
+    from launch import build_trainer, compose_config
+
+    trainer = build_trainer(compose_config([f"trainer.max_steps={max_steps}"]), tmp_path, [])
+    assert trainer.log_every_n_steps == expected

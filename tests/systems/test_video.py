@@ -44,8 +44,9 @@ def untrained(small_synthetic: Path, tmp_path_factory: pytest.TempPathFactory):
     return build_system(cfg, tmp_path_factory.mktemp("run")).eval()
 
 
-def test_videos_have_the_frame_count_and_size_asked(untrained, tmp_path):
+def test_videos_have_the_frame_count_and_size_asked(untrained, tmp_path, capsys):
     written = render_videos(untrained, tmp_path, frames=2, fps=5, size=16, path="both")
+    assert capsys.readouterr().err.count("video frames 16x12: 100%") >= 2  # a progress bar per path
     assert [p.name for p in written] == ["turntable_rgb.mp4", "turntable_normal.mp4", "cameras_rgb.mp4", "cameras_normal.mp4"]
     for path in written:
         frames = iio.imread(path, index=None)
