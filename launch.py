@@ -38,10 +38,14 @@ from datasets.sequence import Sequence
 from models.cameras import FixedCameras
 from systems.config import SequenceSettings, as_section, check_sections, check_targets, parse_duration, register_configs
 from systems.config import Viewer as ViewerSettings
-from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, TimeBudget, exit_on_sigterm, resume_hint
+from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, StopReason, TerminateTestOnSigterm, TimeBudget, TrainTime,
+                               exit_on_sigterm, flatten, resume_hint)
 from systems.inspect import inspect_init, transfer
+from systems.quiet import quiet_libraries
+from systems.mesh_io import textured_files
 from systems.trust import build, check_run_targets, check_saved_overrides, read_saved_overrides, trust_command_line
 from systems.sequence import moving_cameras, train_sequence
+from systems.sweep import FAILED_JOBS_FILE, failed_jobs, record_job
 from systems.video import render_videos
 from systems.viewer import ViewerCallback, serve_run
 from systems.run_dir import (HYDRA_ENTRIES, adopt, check_new_run_dir, claim, find_checkpoint, folder_state, load_weights,
@@ -60,11 +64,11 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # claimed it (set by prepare_argv; None: Hydra made the folder, main claims it).
 RUN_DIR_EXISTED: bool | None = None
 RUN_DIR_BEFORE: set[str] | None = None
-# A sweep's folder (set by prepare_argv); its failed jobs append one line each to FAILED_JOBS_FILE there, from
-# whichever process ran them (the basic launcher's, joblib's or submitit's workers).
+# A sweep's folder (set by prepare_argv); its failed jobs have one line each in its failed_jobs.txt (systems.sweep),
+# written by whichever process ran them (the basic launcher's, joblib's or submitit's workers).
 SWEEP_DIR: Path | None = None
-FAILED_JOBS_FILE = "failed_jobs.txt"
 register_configs()
+quiet_libraries()
 
 
 def _arg(argv: list[str], key: str) -> str | None:
@@ -221,6 +225,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resume_dir: P
         trainer["max_steps"] = -1 if trainer["max_time"] else cfg.trainer.schedule_steps
         if trainer["max_time"]:
             callbacks.append(TimeBudget(parse_duration(trainer["max_time"]), cfg.trainer.schedule_steps))
+    if trainer["max_steps"] > 0:  # a short run logs about 100 points too, not max_steps / 25 of them
+        trainer["log_every_n_steps"] = max(1, min(trainer["log_every_n_steps"], trainer["max_steps"] // 100))
     return make("trainer", trainer, logger=logger, callbacks=callbacks,
                 enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in named), plugins=[AtomicCheckpointIO()],
                 check_val_every_n_epoch=None, num_sanity_val_steps=0, enable_model_summary=False, inference_mode=False)
@@ -274,6 +280,14 @@ def load_run(path: str):
     return build_system(cfg, run_dir, load_weights(ckpt)).eval()
 
 
+def mesh_filename(export: DictConfig) -> str:
+    """``export.filename``, or by default ``final.ply``, and ``final_<N>.ply`` for a mesh decimated to N faces
+    (so a decimated export never replaces the full mesh)."""
+    if export.filename:
+        return export.filename
+    return f"final_{export.target_faces}.ply" if export.target_faces is not None else "final.ply"
+
+
 def outputs(cfg: DictConfig, run_dir: Path, mesh_path: Path) -> tuple[MeshExport, Evaluation]:
     """The mesh export (to ``mesh_path``) and evaluation (``run_dir/metrics.json``) callbacks of ``cfg.export``, ``cfg.eval``."""
     export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors,
@@ -281,6 +295,7 @@ def outputs(cfg: DictConfig, run_dir: Path, mesh_path: Path) -> tuple[MeshExport
                         texture_size=cfg.export.texture_size if cfg.export.texture else None)
     evaluation = Evaluation(run_dir, mesh_path, cfg.eval.chamfer_points, cfg.eval.max_dist, cfg.eval.mask_dilation,
                             protocol=cfg.eval.protocol, dtu_dir=cfg.eval.dtu_dir, scan=cfg.scan)
+    evaluation.hparams = flatten(OmegaConf.to_container(cfg, resolve=True))
     return export, evaluation
 
 
@@ -344,24 +359,27 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         url = serve_run(system.eval(), run_dir, cfg.export.filename, cfg.viewer.host, cfg.viewer.port)
         return {"step": int(checkpoint["global_step"]), "viewer": url}
 
-    mesh_path = run_dir / "meshes" / cfg.export.filename
+    mesh_path = run_dir / "meshes" / mesh_filename(cfg.export)
     export, evaluation = outputs(cfg, run_dir, mesh_path)
     if cfg.mode == "export":
         export.export(system)
-        return {"step": int(checkpoint["global_step"]), "mesh": str(mesh_path)}
+        textured = {"textured": [str(p) for p in textured_files(mesh_path)]} if cfg.export.texture else {}
+        return {"step": int(checkpoint["global_step"]), "mesh": str(mesh_path), **textured}
 
-    started = time.time()
     callbacks = [evaluation] if cfg.mode == "eval" and mesh_path.exists() else [export, evaluation]
     if cfg.mode == "train" and cfg.viewer.enabled:
         callbacks.append(ViewerCallback(as_section(ViewerSettings, OmegaConf.to_container(cfg.viewer))))
-    trainer = build_trainer(cfg, run_dir, callbacks)
+    train_time = TrainTime()  # summed over resumes through the checkpoint
+    trainer = build_trainer(cfg, run_dir, [*callbacks, train_time, StopReason()] if cfg.mode == "train" else callbacks)
     if cfg.mode == "train":
         trainer.fit(system, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-        evaluation.extra = {"train_time_s": round(time.time() - started, 1)}
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # with optimiser and loops: resumable
+        hull = {"hull_time_s": system.hull_time_s} if getattr(system, "hull_time_s", None) is not None else {}
+        evaluation.extra = {"train_time_s": round(train_time.seconds, 1), **hull}
     else:
-        # The weights are loaded already; the trainer's own step is 0 when testing, so report the checkpoint's.
+        # The weights are loaded already; the trainer's own step is 0 when testing, so report and log the checkpoint's.
         evaluation.extra = {"step": int(checkpoint["global_step"])}
+        export.step = int(checkpoint["global_step"])
     trainer.test(system, verbose=False)
     return evaluation.metrics
 
@@ -378,29 +396,29 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
         parts = [f"{label} {metrics[key]} s" for key, label in (("train_time_s", "training"), ("eval_time_s", "evaluation"))
                  if key in metrics]
         lines.append(f"time         {', '.join(parts)}")
+    if "hull_time_s" in metrics:
+        lines.append(f"visual hull  {metrics['hull_time_s']} s (before training)")
     if "chamfer" in metrics:
         lines.append(f"chamfer      {metrics['chamfer']:.3f}  (accuracy {metrics['accuracy']:.3f}, completeness {metrics['completeness']:.3f}"
                      f"{', ' + metrics['protocol'] if 'protocol' in metrics else ''})")
     if "psnr" in metrics:
         iou = f", IoU {metrics['iou']:.4f}" if "iou" in metrics else ""
         lines.append(f"held-out     PSNR {metrics['psnr']:.2f} dB{iou} over {metrics['n_test_views']} views")
-    if "mesh" in metrics:
-        lines.append(f"mesh         {metrics['mesh']}")
-    for key in ("inspect", "video", "viewer"):
-        if key in metrics:
-            lines.append(f"{key:<12} {metrics[key]}")
+    for key in ("mesh", "textured", "inspect", "video", "viewer"):  # a path, or several, one a line
+        paths = metrics.get(key, [])
+        for i, path in enumerate([paths] if isinstance(paths, str) else paths):
+            lines.append(f"{key if i == 0 else '':<12} {path}")
     return "\n".join(lines)
 
 
 def fail(line: str, code: int) -> None:
     """Report a failed job in one line: exit with ``code``, or in a sweep, record it in the sweep's
-    ``failed_jobs.txt`` and let the sweep go on."""
+    ``failed_jobs.txt`` (the job's line, replaced when a re-run sweep fails again) and let the sweep go on."""
     print(line, file=sys.stderr)
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         sys.exit(code)
-    with open(Path(hydra_cfg.sweep.dir) / FAILED_JOBS_FILE, "a") as failed:  # one short append per job
-        failed.write(f"job {hydra_cfg.job.num}: {line}\n")
+    record_job(hydra_cfg.sweep.dir, hydra_cfg.job.num, line)
 
 
 def objective_value(cfg: DictConfig, metrics: dict | None) -> float | None:
@@ -449,6 +467,8 @@ def main(cfg: DictConfig) -> float | None:
         log.exception("job failed")
         fail(f"error: {run_dir}: {type(err).__name__}: {err}", 1)
         return objective_value(cfg, None)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a re-run sweep's job that now finished is no longer a failure
+        record_job(HydraConfig.get().sweep.dir, HydraConfig.get().job.num, None)
     if not child:
         print(summary(cfg, run_dir, metrics))
     return objective_value(cfg, metrics)
@@ -461,8 +481,8 @@ if __name__ == "__main__":
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     main()
-    failed = SWEEP_DIR / FAILED_JOBS_FILE if SWEEP_DIR is not None else None
-    if failed is not None and failed.is_file():
-        n_failed = len(failed.read_text().splitlines())
-        print(f"error: {n_failed} job(s) of the sweep failed (listed in {failed}); the others finished", file=sys.stderr)
+    n_failed = len(failed_jobs(SWEEP_DIR)) if SWEEP_DIR is not None else 0
+    if n_failed:
+        print(f"error: {n_failed} job(s) of the sweep failed (listed in {SWEEP_DIR / FAILED_JOBS_FILE}); the others finished",
+              file=sys.stderr)
         sys.exit(2)

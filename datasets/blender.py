@@ -107,4 +107,5 @@ def load_blender_scene(
         root=str(base),
         name=name or base.resolve().name,
         use_masks=use_masks,
+        view_names=[f"{split}_{Path(p).stem}" for split, paths in (("train", train_paths), ("test", test_paths)) for p in paths],
     )

@@ -30,6 +30,7 @@ class Scene:
         init_c2w: (N, 4, 4) rough starting poses for camera refinement (IDR's
             ``cameras_linear_init.npz``) in the same normalised frame, or None.
         use_masks: whether training may use the masks; held-out evaluation uses them regardless.
+        view_names: a label per view from its file (Blender's ``test_r_12``), or None: labelled by index.
     """
 
     images: torch.Tensor
@@ -44,6 +45,11 @@ class Scene:
     gt_path: str | None = None
     init_c2w: torch.Tensor | None = None
     use_masks: bool = True
+    view_names: list[str] | None = None
+
+    def view_label(self, view: int) -> str:
+        """How logs and ``renders/`` name view ``view``: its name, or ``viewNNN``."""
+        return self.view_names[view] if self.view_names is not None else f"view{view:03d}"
 
     @property
     def n_views(self) -> int:

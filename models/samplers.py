@@ -16,6 +16,7 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from models.rays import RayBundle, intersect_sphere
 
@@ -130,6 +131,8 @@ class OccupancyGrid(nn.Module):
 
         Args:
             intrinsics: (N, 3, 3); c2w: (N, 4, 4); masks: (N, H, W) in [0, 1].
+
+        A progress bar with an ETA counts the views (on stderr).
         """
         if not self.enabled:
             return
@@ -137,7 +140,7 @@ class OccupancyGrid(nn.Module):
         half_diag = 0.5 * math.sqrt(3.0) * self.cell_size
         outside_count = torch.zeros(centers.shape[0], dtype=torch.int64, device=centers.device)
         h, w = masks.shape[-2:]
-        for k in range(masks.shape[0]):
+        for k in tqdm(range(masks.shape[0]), desc="visual hull", unit="view"):
             w2c = torch.linalg.inv(c2w[k])
             cam = centers @ w2c[:3, :3].T + w2c[:3, 3]
             z = cam[:, 2]

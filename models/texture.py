@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 import xatlas
+from tqdm import tqdm
 
 from models.mesh import decimate
 
@@ -149,15 +150,28 @@ def bake_texture(vertices: np.ndarray, faces: np.ndarray, color_fn: ColorFn, siz
 
     Args:
         vertices: (V, 3); faces: (F, 3) int; size: texture side in texels.
+
+    A progress bar (on stderr) names each stage as it starts: decimation, UV atlas, rasterisation, colours, gutters.
     """
-    vertices, faces = decimate(vertices, faces, max_faces)
-    source, new_faces, uv = uv_atlas(vertices, faces, size)
-    new_vertices = np.asarray(vertices, dtype=np.float64)[source]
-    texels, face_ids, bary = rasterize_uv(uv, new_faces, size)
-    points = (new_vertices[new_faces[face_ids]] * bary[..., None]).sum(1)
-    image = np.zeros((size * size, 3))
-    image[texels] = np.asarray(color_fn(points), dtype=np.float64)
-    filled = np.zeros(size * size, bool)
-    filled[texels] = True
-    image = dilate(image.reshape(size, size, 3), filled.reshape(size, size), dilation)
+    with tqdm(total=5, desc="texture baking", unit="stage") as bar:
+        def stage(name: str) -> None:
+            bar.set_postfix_str(name)
+            bar.update(0 if name == "decimation" else 1)
+
+        stage("decimation")
+        vertices, faces = decimate(vertices, faces, max_faces)
+        stage("UV atlas")
+        source, new_faces, uv = uv_atlas(vertices, faces, size)
+        new_vertices = np.asarray(vertices, dtype=np.float64)[source]
+        stage("rasterisation")
+        texels, face_ids, bary = rasterize_uv(uv, new_faces, size)
+        points = (new_vertices[new_faces[face_ids]] * bary[..., None]).sum(1)
+        stage("colours")
+        image = np.zeros((size * size, 3))
+        image[texels] = np.asarray(color_fn(points), dtype=np.float64)
+        filled = np.zeros(size * size, bool)
+        filled[texels] = True
+        stage("gutters")
+        image = dilate(image.reshape(size, size, 3), filled.reshape(size, size), dilation)
+        bar.update(1)
     return TexturedMesh(new_vertices, new_faces, uv, image)

@@ -83,6 +83,7 @@ class BaseSystem(pl.LightningModule):
                                                         f"and {field_cfg.sh_degree}")
         self.background_field = BackgroundField(**dataclasses.asdict(field_cfg)) if background == "nerf" else None
         self.test_metrics: list[dict[str, float]] = []  # per held-out view, after the test epoch (rank 0)
+        self.test_renders: dict[str, dict[str, np.ndarray]] = {}  # {view label: {rgb, normal, depth}} after the test epoch (rank 0)
         self.test_outputs: list[tuple[int, dict[str, float], dict[str, np.ndarray]]] = []  # (view, metrics, images) of this rank
         self.register_buffer("train_ids", torch.tensor(scene.train_ids), persistent=False)
         self.step_offset = 0  # steps trained before this fit (earlier frames of a sequence): schedules see them too
@@ -219,21 +220,34 @@ class BaseSystem(pl.LightningModule):
             self.clock = ScheduleClock(**checkpoint["schedule_clock"])
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """:class:`StepSchedules` walks the ``update_step`` hooks before every training step."""
-        return [StepSchedules()]
+        """:class:`StepSchedules` walks the ``update_step`` hooks before every training step (attached once:
+        a trainer that fitted and now tests has it already)."""
+        attached = self._trainer is not None and any(isinstance(c, StepSchedules) for c in self.trainer.callbacks)
+        return [] if attached else [StepSchedules()]
 
     # ------------------------------------------------------------- rendering
     def render_rays(self, rays: RayBundle, background: torch.Tensor) -> dict[str, torch.Tensor]:
         """Evaluation rendering of rays: rgb (R, 3), opacity (R,), depth (R,), normal (R, 3)."""
         raise NotImplementedError
 
+    def render_chunked(self, rays: RayBundle) -> dict[str, torch.Tensor]:
+        """Evaluation rendering of many rays in chunks of ``render_chunk``: rgb (R, 3), opacity (R,), depth (R,),
+        normal (R, 3), detached. Only these four per-ray outputs of a chunk are kept (its samples, their
+        autograd graph from the SDF normals, and any other output are freed before the next chunk), so the
+        peak memory does not grow with the ray count."""
+        kept: dict[str, list[torch.Tensor]] = {key: [] for key in ("rgb", "opacity", "depth", "normal")}
+        for o, d in zip(rays.origins.split(self.render_chunk), rays.directions.split(self.render_chunk)):
+            chunk = RayBundle(o, d)
+            out = self.render_rays(chunk, self.background(chunk))
+            for key, values in kept.items():
+                values.append(out[key].detach())
+            del out
+        return {key: torch.cat(values) for key, values in kept.items()}
+
     def render_image(self, intrinsics: torch.Tensor, c2w: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
-        """Render a camera, intrinsics (3, 3) and c2w (4, 4), in chunks of ``render_chunk`` rays:
+        """Render a camera, intrinsics (3, 3) and c2w (4, 4), in chunks (:meth:`render_chunked`):
         rgb, normal (H, W, 3), opacity, depth (H, W), detached."""
-        rays = image_rays(intrinsics, c2w, height, width)
-        chunks = [self.render_rays(chunk, self.background(chunk)) for chunk in
-                  (RayBundle(o, d) for o, d in zip(rays.origins.split(self.render_chunk), rays.directions.split(self.render_chunk)))]
-        out = {key: torch.cat([c[key].detach() for c in chunks]) for key in ("rgb", "opacity", "depth", "normal")}
+        out = self.render_chunked(image_rays(intrinsics, c2w, height, width))
         return {key: v.reshape(height, width, -1).squeeze(-1) for key, v in out.items()}
 
     def render_view(self, view: int) -> dict[str, torch.Tensor]:
@@ -311,7 +325,7 @@ class BaseSystem(pl.LightningModule):
         view = int(view)
         metrics, out = self.evaluate_view(view)
         metrics = {k: float(v) for k, v in metrics.items()}
-        log.info("held-out view %d (%d/%d): %s", view, batch_idx + 1, len(self.scene.test_ids),
+        log.info("held-out view %s (%d/%d): %s", self.scene.view_label(view), batch_idx + 1, len(self.scene.test_ids),
                  ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         self.test_outputs.append((view, metrics, visualise(out)))
 
@@ -320,8 +334,8 @@ class BaseSystem(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         """Collect the held-out views on rank 0 (DDP splits them across processes and repeats some to
-        even the split), each once and in order: their metrics in ``test_metrics``, their renders
-        written to ``renders/``. Other ranks keep none."""
+        even the split), each once and in order: their metrics in ``test_metrics``, their renders in
+        ``test_renders`` and written to ``renders/``. Other ranks keep none."""
         outputs = self.test_outputs
         if self.trainer.world_size > 1:
             gathered = [None] * self.trainer.world_size if self.trainer.is_global_zero else None
@@ -329,12 +343,13 @@ class BaseSystem(pl.LightningModule):
             outputs = [o for rank in gathered or [] for o in rank]
         views = {view: (metrics, images) for view, metrics, images in sorted(outputs, key=lambda o: o[0])}
         self.test_metrics = [metrics for metrics, _ in views.values()]
+        self.test_renders = {self.scene.view_label(view): images for view, (_, images) in views.items()}
         if self.run_dir is not None and views:
             render_dir = self.run_dir / "renders"
             render_dir.mkdir(parents=True, exist_ok=True)
             for view, (_, images) in views.items():
                 for key, image in images.items():
-                    iio.imwrite(render_dir / f"view{view:03d}_{key}.png", image)
+                    iio.imwrite(render_dir / f"{self.scene.view_label(view)}_{key}.png", image)
         self.test_outputs = []
 
     # ----------------------------------------------------------------- meshes

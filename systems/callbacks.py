@@ -13,13 +13,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import trimesh
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from scipy.spatial import cKDTree
 
 from datasets.errors import InputError
 from models.mesh import decimate
 from models.metrics import chamfer_distance, downsample_points, dtu_official_distances, sample_surface_grid, visible_in_masks
-from systems.mesh_io import atomic_write, dtu_official_paths, load_dtu_official, load_reference
+from systems.mesh_io import atomic_write, dtu_official_paths, load_dtu_official, load_reference, textured_files
 from systems.run_dir import load_weights
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,56 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
+class TrainTime(pl.Callback):
+    """The run's training time in seconds, summed over every resume: it travels in the checkpoint
+    (Lightning saves a callback's ``state_dict``). It counts from ``on_train_start``, so what happens
+    in ``on_fit_start`` (NeuS's visual-hull carving) is not training time."""
+
+    def __init__(self) -> None:
+        self.before = 0.0  # seconds of earlier sessions (from the checkpoint)
+        self.started: float | None = None
+        self.ended: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Training time so far: earlier sessions plus this one up to now (or to its end)."""
+        if self.started is None:
+            return self.before
+        return self.before + ((self.ended or time.time()) - self.started)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started, self.ended = time.time(), None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.ended = time.time()
+
+    def state_dict(self) -> dict[str, float]:
+        return {"train_time_s": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before, self.started, self.ended = float(state_dict["train_time_s"]), None, None
+
+
+def stop_reason(trainer: pl.Trainer) -> str:
+    """One line saying which limit ended training: ``trainer.max_steps`` or ``trainer.max_time``."""
+    step, max_steps = int(trainer.global_step), int(trainer.max_steps)
+    if max_steps >= 0 and step >= max_steps:
+        return f"training ended at step {step}: trainer.max_steps={max_steps} reached"
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining("train") if timer is not None else None
+    if remaining is not None and remaining <= 0:
+        return (f"training ended at step {step} of trainer.max_steps={max_steps}: trainer.max_time reached "
+                "(raise trainer.max_time or set it to null for the full step count)")
+    return f"training ended at step {step} of trainer.max_steps={max_steps} before either limit (trainer.should_stop was set)"
+
+
+class StopReason(pl.Callback):
+    """Logs :func:`stop_reason` when training ends."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log.info(stop_reason(trainer))
+
+
 def resume_hint(run_dir: Path, mode: str = "train") -> str:
     """The last line of a run stopped by SIGTERM: how to continue it."""
     again = "" if mode == "train" else f" mode={mode}"
@@ -161,6 +212,17 @@ class TerminateTestOnSigterm(pl.Callback):
         exit_on_sigterm(self.run_dir, self.mode)
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": 1, "c": "[1, 2]"}``: numbers, strings, booleans and None kept, the rest as text."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomically write ``data`` as JSON."""
     atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
@@ -168,14 +230,15 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 class MeshExport(pl.Callback):
     """Extracts the final mesh (world frame) when testing ends, and writes trainable cameras to
-    ``cameras_path`` (NeuS/IDR layout) when the system has any; on rank 0 only."""
+    ``cameras_path`` (NeuS/IDR layout) when the system has any; on rank 0 only. ``step``: the step the
+    mesh is logged at (None: the trainer's; a run evaluated from a checkpoint passes the checkpoint's)."""
 
     def __init__(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True,
                  cameras_path: str | Path | None = None, target_faces: int | None = None,
-                 texture_size: int | None = None) -> None:
+                 texture_size: int | None = None, step: int | None = None) -> None:
         self.path, self.resolution, self.keep_largest, self.colors = Path(path), resolution, keep_largest, colors
         self.cameras_path = None if cameras_path is None else Path(cameras_path)
-        self.target_faces, self.texture_size = target_faces, texture_size
+        self.target_faces, self.texture_size, self.step = target_faces, texture_size, step
 
     def export(self, pl_module: pl.LightningModule) -> None:
         started = time.time()
@@ -183,6 +246,8 @@ class MeshExport(pl.Callback):
         vertices, faces = pl_module.export_mesh(self.path, self.resolution, self.keep_largest, self.colors,
                                                 self.target_faces, self.texture_size)
         log.info("mesh: %d vertices, %d faces in %.0f s -> %s", len(vertices), len(faces), time.time() - started, self.path)
+        if self.texture_size:
+            log.info("textured mesh -> %s", ", ".join(str(p) for p in textured_files(self.path)))
         if self.cameras_path is not None and pl_module.trainable_cameras:
             pl_module.export_cameras(self.cameras_path)
 
@@ -192,7 +257,7 @@ class MeshExport(pl.Callback):
         self.export(pl_module)
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_mesh") and self.path.exists():
-            log_mesh(experiment, "mesh", self.path, int(trainer.global_step))
+            log_mesh(experiment, "mesh", self.path, int(trainer.global_step) if self.step is None else self.step)
 
 
 def log_mesh(writer: Any, tag: str, path: str | Path, step: int, max_faces: int = TENSORBOARD_MAX_FACES) -> None:
@@ -223,6 +288,7 @@ class Evaluation(pl.Callback):
         self.run_dir, self.mesh_path = Path(run_dir), Path(mesh_path)
         self.chamfer_points, self.max_dist, self.mask_dilation = chamfer_points, max_dist, mask_dilation
         self.extra = extra or {}
+        self.hparams: dict[str, Any] = {}  # the run's flattened config, logged with the final metrics (TensorBoard's HParams tab)
         self.metrics: dict[str, Any] = {}
         self.started = time.time()
         if protocol not in PROTOCOLS:
@@ -268,6 +334,11 @@ class Evaluation(pl.Callback):
         log.info("Chamfer distance on %d points per side (about a minute per 200k points on 2 CPU cores) ...", self.chamfer_points)
         return chamfer_distance(pred_v, pred_f, gt_v, gt_f, n_points=self.chamfer_points, max_dist=self.max_dist, pred_keep=keep)
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """The config goes to the logger first: its ``hparams.yaml`` is written once, at its first save."""
+        if self.hparams and trainer.logger is not None:
+            trainer.logger.log_hyperparams(self.hparams)
+
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.started = time.time()
 
@@ -288,12 +359,22 @@ class Evaluation(pl.Callback):
             metrics.update(chamfer, protocol=self.protocol)
         if self.mesh_path.exists():
             metrics["mesh"] = str(self.mesh_path)
+        if textured_files(self.mesh_path):
+            metrics["textured"] = [str(p) for p in textured_files(self.mesh_path)]
         metrics["eval_time_s"] = round(time.time() - self.started, 1)  # held-out views, mesh export (callbacks before) and Chamfer
         path = self.run_dir / "metrics.json"
         if path.exists():
             metrics = {**json.loads(path.read_text()), **metrics}
         write_json(path, metrics)
         if trainer.logger is not None:
+            step = int(metrics["step"])  # a checkpoint's step in mode=test/eval
             scalars = {f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
-            trainer.logger.log_metrics(scalars, step=int(trainer.global_step))
+            trainer.logger.log_metrics(scalars, step=step)
+            experiment = getattr(trainer.logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                for label, images in pl_module.test_renders.items():
+                    for key, image in images.items():
+                        experiment.add_image(f"test_{key}/{label}", image, step, dataformats="HWC" if image.ndim == 3 else "HW")
+            if self.hparams:
+                trainer.logger.log_hyperparams(self.hparams, {f"hparams/{k[5:]}": v for k, v in scalars.items()})
         self.metrics = metrics

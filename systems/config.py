@@ -15,6 +15,7 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
@@ -340,7 +341,7 @@ class Export:
     resolution: int | None = None  # marching-cubes grid; None: 512 on a GPU, 192 on the CPU
     largest_component: bool = True
     vertex_colors: bool = True
-    filename: str = "final.ply"    # .ply, .obj or .glb
+    filename: str | None = None    # .ply, .obj or .glb; None: final.ply, or final_<target_faces>.ply when decimated
     target_faces: int | None = None  # decimate the mesh to at most this many faces (quadric edge collapse)
     texture: bool = False          # also write <stem>_textured.obj/.mtl/.png/.glb: a UV atlas with baked colours
     texture_size: int = 1024       # texture side in texels
@@ -451,6 +452,8 @@ def register_configs() -> None:
     store.store(name="neus_schema", node=NeuSConfig)
     store.store(name="volsdf_schema", node=VolSDFConfig)
     store.store(name="idr_schema", node=IDRConfig)
+    # ${basename:PATH}: a folder's own name (a run of dataset=ngp dataset.root=DIR is named after DIR)
+    OmegaConf.register_new_resolver("basename", lambda path: Path(str(path)).name, replace=True)
 
 
 def _matches(value: Any, annotation: Any) -> bool:

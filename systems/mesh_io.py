@@ -76,6 +76,12 @@ def save_textured_mesh(path: str | Path, vertices: np.ndarray, faces: np.ndarray
     return [*written, path, path.with_suffix(".glb")]
 
 
+def textured_files(mesh_path: str | Path) -> list[Path]:
+    """The textured mesh files written beside ``mesh_path`` (:func:`save_textured_mesh` of ``<stem>_textured``) that exist."""
+    path = Path(mesh_path)
+    return [p for p in (path.with_name(f"{path.stem}_textured{ext}") for ext in (".obj", ".mtl", ".png", ".glb")) if p.is_file()]
+
+
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, sync it and rename it into place, so an
     interrupted write never leaves a truncated file or a half-overwritten previous one."""

@@ -1,7 +1,9 @@
 """NeuS system: volume rendering of an SDF trained with colour, eikonal and mask losses."""
 from __future__ import annotations
 
+import logging
 import math
+import time
 from typing import Any
 
 import torch
@@ -11,6 +13,8 @@ from models.neus import NeuSModel
 from models.rays import RayBundle
 from systems.base import BaseSystem, curvature_loss, log_scalars, mask_loss
 from systems.config import NeuSLoss, Rays, VisualHull, as_section
+
+log = logging.getLogger(__name__)
 
 
 class NeuSSystem(BaseSystem):
@@ -34,6 +38,7 @@ class NeuSSystem(BaseSystem):
         self.loss_cfg = as_section(NeuSLoss, loss)
         self.rays_cfg = as_section(Rays, rays)
         self.hull_cfg = as_section(VisualHull, visual_hull)
+        self.hull_time_s: float | None = None  # seconds the visual hull took (on_fit_start), None when not carved
         self.cos_anneal_steps = cos_anneal_steps
         self.update_step(0, 0)
         self.n_rays = float(self.rays_cfg.initial)
@@ -53,7 +58,10 @@ class NeuSSystem(BaseSystem):
             with torch.no_grad():
                 intrinsics, c2w = self.cameras(ids)
             dilation = self.hull_cfg.dilation + math.ceil(float(intrinsics[:, 0, 0].max()) * math.tan(math.radians(margin)))
+            started = time.time()
             self.model.grid.carve_visual_hull(intrinsics, c2w, masks[ids], dilation, self.hull_cfg.tolerance)
+            self.hull_time_s = round(time.time() - started, 1)  # reported apart from the training time
+            log.info("visual hull carved from %d views in %.1f s", len(ids), self.hull_time_s)
 
     def update_step(self, epoch: int, step: int) -> None:
         """NeuS's cosine annealing at ``step``: 0 -> 1 over ``cos_anneal_steps`` training steps."""

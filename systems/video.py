@@ -9,10 +9,10 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from datasets.errors import InputError
 from models.cameras import matrix_to_quaternion, quaternion_to_matrix
-from models.rays import RayBundle, image_rays
 from systems.base import BaseSystem, visualise
 from systems.mesh_io import atomic_write
 
@@ -119,15 +119,11 @@ def scaled_view(system: BaseSystem, view: int, max_side: int) -> tuple[torch.Ten
 @torch.no_grad()
 def render_frames(system: BaseSystem, intrinsics: torch.Tensor, path: torch.Tensor, height: int, width: int) -> dict[str, np.ndarray]:
     """Render the camera path (N, 4, 4) with the system's own renderer (``render_rays``, evaluation
-    background) at intrinsics (3, 3); returns uint8 ``rgb`` and ``normal`` frames, (N, H, W, 3) each."""
+    background) at intrinsics (3, 3); returns uint8 ``rgb`` and ``normal`` frames, (N, H, W, 3) each.
+    A progress bar with an ETA counts the frames (on stderr)."""
     frames: dict[str, list[np.ndarray]] = {"rgb": [], "normal": []}
-    for c2w in path:
-        rays = image_rays(intrinsics, c2w, height, width)
-        bundles = (RayBundle(o, d) for o, d in zip(rays.origins.split(system.render_chunk), rays.directions.split(system.render_chunk)))
-        chunks = [system.render_rays(bundle, system.background(bundle)) for bundle in bundles]
-        out = {key: torch.cat([c[key] for c in chunks]).reshape(height, width, -1).squeeze(-1)
-               for key in ("rgb", "normal", "opacity", "depth")}
-        images = visualise(out)
+    for c2w in tqdm(path, desc=f"video frames {width}x{height}", unit="frame"):
+        images = visualise(system.render_image(intrinsics, c2w, height, width))
         for key in frames:
             frames[key].append(images[key])
     return {key: np.stack(value) for key, value in frames.items()}

@@ -23,3 +23,9 @@ def test_experiments_set_what_their_names_say() -> None:
     assert idr.system.model._target_ == "models.idr.IDRModel" and idr.camera._target_.endswith("TrainableCameras")
     assert (idr.camera.noise.rotation_deg, idr.encoder.window_end, idr.trainer.max_steps) == (3, 1000, 7)  # the command line wins
     assert compose_config([]).get("experiment") is None
+
+
+def test_runs_of_a_scene_folder_are_named_after_it() -> None:
+    assert compose_config(["dataset=ngp", "dataset.root=/data/scenes/fox/"]).name == "neus-fox"
+    assert compose_config(["dataset=colmap", "dataset.root=scenes/mine", "system=idr"]).name == "idr-mine"
+    assert compose_config(["dataset=ngp"]).name == "neus-ngp"  # root not given yet: load_scene asks for it

@@ -31,6 +31,8 @@ def finished_run(launch, tiny, data_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "base"
     result = launch(*tiny, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}", "seed=7", "name=tiny")
     assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir.parent / "base.stdout").write_text(result.stdout)  # beside the run, whose folder holds only its own files
+    (run_dir.parent / "base.stderr").write_text(result.stderr)
     return run_dir
 
 
@@ -51,6 +53,18 @@ def test_run_directory_contract_and_overrides(finished_run):
     for key in ("psnr", "iou", "chamfer", "accuracy", "completeness"):
         assert isinstance(metrics[key], float)
     assert not list(finished_run.rglob("*.tmp"))
+    assert "training ended at step 6: trainer.max_steps=6 reached" in (finished_run / "launch.log").read_text()
+
+
+def test_a_run_prints_progress_and_no_library_noise(finished_run):
+    stderr = (finished_run.parent / "base.stderr").read_text()
+    for noise in ("Tip:", "LeafSpec", "weights_only", "will override existing callbacks"):
+        assert noise not in stderr, noise
+    # The visual hull is carved with a progress bar over the 6 training views, and timed apart from training.
+    assert "visual hull: 100%" in stderr and "6/6" in stderr
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert 0 < metrics["hull_time_s"] and 0 < metrics["train_time_s"]
+    assert f"visual hull  {metrics['hull_time_s']} s (before training)" in (finished_run.parent / "base.stdout").read_text()
 
 
 def test_mesh_is_in_the_world_frame(finished_run, data_dir):
@@ -75,10 +89,13 @@ def test_resume_continues_at_the_saved_step(launch, finished_run, tmp_path):
     for key, value in before["state_dict"].items():
         assert torch.equal(value, after["state_dict"][key]), key
     # A larger budget continues from step 6 to 9 with the saved overrides (tiny scene) re-applied.
+    trained = json.loads((finished_run / "metrics.json").read_text())["train_time_s"]
     result = launch(f"resume={run_dir / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=9")
     assert result.returncode == 0, result.stderr[-3000:]
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 9
-    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 9
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] == 9
+    assert metrics["train_time_s"] > trained  # the first 6 steps' time is carried in the checkpoint
     assert "grid.occupied" in "".join(after["state_dict"])  # the occupancy grid travels with the checkpoint
 
 
@@ -96,6 +113,14 @@ def test_export_and_test_modes_rewrite_results(launch, finished_run, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["step"] == 6 and "chamfer" in metrics and "psnr" in metrics
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
+    # Training's and mode=test's event files: both log the metrics and the mesh at the checkpoint's step 6.
+    steps = {"test/psnr": [], "mesh_VERTEX": []}
+    for events in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"tensors": 0, "scalars": 0})
+        accumulator.Reload()
+        steps["test/psnr"] += [e.step for e in accumulator.Scalars("test/psnr")] if "test/psnr" in accumulator.Tags()["scalars"] else []
+        steps["mesh_VERTEX"] += [e.step for e in accumulator.Tensors("mesh_VERTEX")] if "mesh_VERTEX" in accumulator.Tags()["tensors"] else []
+    assert steps == {"test/psnr": [6, 6], "mesh_VERTEX": [6, 6]}
 
 
 def test_the_mesh_is_logged_to_tensorboard(finished_run):
@@ -108,6 +133,19 @@ def test_the_mesh_is_logged_to_tensorboard(finished_run):
     shapes = {tag: [d.size for d in logged[tag].tensor_proto.tensor_shape.dim] for tag in ("mesh_VERTEX", "mesh_FACE", "mesh_COLOR")}
     assert shapes == {"mesh_VERTEX": [1, len(mesh.vertices), 3], "mesh_FACE": [1, len(mesh.faces), 3], "mesh_COLOR": [1, len(mesh.vertices), 3]}
     assert logged["mesh_VERTEX"].step == 6
+
+
+def test_held_out_renders_and_the_config_are_in_tensorboard(finished_run):
+    images = {}
+    for events in (finished_run / "tensorboard").glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+        accumulator.Reload()
+        images.update({tag: accumulator.Images(tag)[-1] for tag in accumulator.Tags()["images"] if tag.startswith("test_")})
+    assert sorted(images) == sorted(f"test_{key}/view{view:03d}" for key in ("rgb", "normal", "depth") for view in (0, 4))
+    assert {(i.step, i.width, i.height) for i in images.values()} == {(6, 64, 48)}
+    # hparams.yaml holds the flattened config; the final metrics go with it to the HParams tab.
+    hparams = yaml.safe_load((finished_run / "tensorboard" / "hparams.yaml").read_text())
+    assert hparams["trainer.max_steps"] == 6 and hparams["name"] == "tiny" and hparams["system.name"] == "neus"
 
 
 @pytest.mark.slow
@@ -130,11 +168,16 @@ def test_textured_decimated_export(launch, finished_run, tmp_path):
     result = launch(f"resume={run_dir}", "mode=export", "export.texture=true", "export.target_faces=500", "export.texture_size=128")
     assert result.returncode == 0, result.stderr[-3000:]
     meshes = run_dir / "meshes"
-    assert sorted(p.name for p in meshes.iterdir()) == ["final.ply", "final_textured.glb", "final_textured.mtl",
-                                                        "final_textured.obj", "final_textured.png"]
-    plain = trimesh.load(meshes / "final.ply", process=False)
+    # The decimated mesh has a name of its own: the training's full mesh is kept.
+    assert sorted(p.name for p in meshes.iterdir()) == ["final.ply", "final_500.ply", "final_500_textured.glb", "final_500_textured.mtl",
+                                                        "final_500_textured.obj", "final_500_textured.png"]
+    assert (meshes / "final.ply").read_bytes() == (finished_run / "meshes" / "final.ply").read_bytes()
+    plain = trimesh.load(meshes / "final_500.ply", process=False)
     assert 400 <= len(plain.faces) <= 500
-    for name in ("final_textured.obj", "final_textured.glb"):
+    # The summary lists every file written, one a line.
+    listed = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith(("mesh ", "textured ", " "))]
+    assert sorted(Path(p).name for p in listed) == sorted(p.name for p in meshes.iterdir() if p.name != "final.ply")
+    for name in ("final_500_textured.obj", "final_500_textured.glb"):
         textured = trimesh.load(meshes / name, process=False, force="mesh")
         image = textured.visual.material.image if name.endswith(".obj") else textured.visual.material.baseColorTexture
         assert len(textured.faces) == len(plain.faces) and textured.visual.uv.shape == (len(textured.vertices), 2)
@@ -316,7 +359,8 @@ def test_group_checks_read_hydra_sweep_syntax():
 def test_help_describes_the_tool(launch):
     result = launch("--help")
     assert result.returncode == 0
-    for words in ("Modes", "resume=RUN_DIR", "Examples", "encoder: frequency, hashgrid, nffb, stylemod_nffb"):
+    for words in ("Modes", "resume=RUN_DIR", "Examples", "encoder: frequency, hashgrid, nffb, stylemod_nffb", "tools.colmap_scene",
+                  "dataset=dtu dataset.root=DIR", "dataset.downscale=2 dataset.max_test_views=4"):
         assert words in result.stdout, words
 
 
@@ -483,3 +527,31 @@ def test_a_run_folder_that_cannot_be_made_is_one_line(launch, tiny, tmp_path):
     parent.write_text("mine")
     line = one_line_error(launch(*tiny, f"hydra.run.dir={parent / 'run'}"))
     assert f"{parent / 'run'}: cannot create the run directory" in line and parent.read_text() == "mine"
+
+
+def test_the_summary_lists_each_output_file_on_a_line_of_its_own(tmp_path):
+    from omegaconf import OmegaConf
+
+    from launch import summary
+
+    cfg = OmegaConf.create({"name": "tiny", "mode": "video"})
+    videos = [str(tmp_path / "video" / "turntable_rgb.mp4"), str(tmp_path / "video" / "turntable_normal.mp4")]
+    text = summary(cfg, tmp_path, {"step": 6, "video": videos, "mesh": "m.ply", "textured": ["t.obj", "t.glb"]})
+    assert text.splitlines()[3:] == ["mesh         m.ply", "textured     t.obj", "             t.glb",
+                                     f"video        {videos[0]}", f"             {videos[1]}"]
+
+
+def test_a_decimated_export_is_named_after_its_face_count():
+    from launch import compose_config, mesh_filename
+
+    assert mesh_filename(compose_config([]).export) == "final.ply"
+    assert mesh_filename(compose_config(["export.target_faces=5000"]).export) == "final_5000.ply"
+    assert mesh_filename(compose_config(["export.target_faces=5000", "export.filename=small.obj"]).export) == "small.obj"
+
+
+@pytest.mark.parametrize(("max_steps", "expected"), [(20, 1), (600, 6), (1500, 15), (100_000, 25)])
+def test_a_short_run_logs_often_enough(tmp_path, max_steps, expected):
+    from launch import build_trainer, compose_config
+
+    trainer = build_trainer(compose_config([f"trainer.max_steps={max_steps}"]), tmp_path, [])
+    assert trainer.log_every_n_steps == expected

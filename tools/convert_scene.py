@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from datasets.errors import InputError
 from datasets.ngp import SPLIT_FILES, TRANSFORM_FILES, find_transforms, load_ngp_scene, read_transforms
@@ -45,7 +46,7 @@ def npz_to_neus2(src: Path, out: Path) -> int:
     intrinsics, c2w, scale_mat = read_cameras(camera_file, scene.n_views)  # float64, unlike the scene's tensors
     (out / "images").mkdir()
     frames = []
-    for i in range(scene.n_views):
+    for i in tqdm(range(scene.n_views), desc="writing images", unit="view"):
         pixels = scene.images[i].numpy()
         if scene.masks is not None:
             pixels = np.dstack([pixels, scene.masks[i].numpy()])
@@ -71,7 +72,7 @@ def neus2_to_npz(src: Path, out: Path) -> int:
     (out / "image").mkdir()
     if scene.masks is not None:
         (out / "mask").mkdir()
-    for i in range(scene.n_views):
+    for i in tqdm(range(scene.n_views), desc="writing images", unit="view"):
         _save_png(out / "image" / f"{i:03d}.png", scene.images[i].numpy())
         if scene.masks is not None:
             _save_png(out / "mask" / f"{i:03d}.png", scene.masks[i].numpy())

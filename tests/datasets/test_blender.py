@@ -72,6 +72,8 @@ def test_tiny_scene_conventions(tiny_blender: Path) -> None:
     torch.testing.assert_close(scene.images[0, 0, 0], torch.tensor([200, 100, 50]) / 255.0)
     torch.testing.assert_close(scene.masks, torch.full((3, 8, 8), 128 / 255.0))
     torch.testing.assert_close(scene.c2w[0], torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0])))
+    # Held-out renders and log lines name a view by its file.
+    assert [scene.view_label(i) for i in range(3)] == ["train_a", "train_b", "test_c"]
 
 
 def _raises(root: Path, where: str, *words: str) -> None:

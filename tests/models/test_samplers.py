@@ -49,7 +49,7 @@ def test_partial_update_decays_and_thresholds():
     assert torch.equal(restored.occupied, grid.occupied)
 
 
-def test_visual_hull_keeps_the_object_and_carves_space():
+def test_visual_hull_keeps_the_object_and_carves_space(capsys):
     # Four cameras looking at a sphere of radius 0.3 at the origin; masks drawn analytically.
     radius, f, size = 0.3, 60.0, 64
     intrinsics, c2ws, masks = [], [], []
@@ -71,6 +71,7 @@ def test_visual_hull_keeps_the_object_and_carves_space():
         intrinsics.append(K), c2ws.append(c2w), masks.append(hit.float())
     grid = OccupancyGrid(resolution=32)
     grid.carve_visual_hull(torch.stack(intrinsics), torch.stack(c2ws), torch.stack(masks), dilation=1)
+    assert "visual hull: 100%" in capsys.readouterr().err  # a progress bar over the views
     centres = grid.cell_centers()
     half_diag = math.sqrt(3) / 2 * grid.cell_size
     surface_cells = (centres.norm(dim=-1) - radius).abs() < half_diag / 2

@@ -26,9 +26,11 @@ def bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
             + at(y0 + 1, x0) * (1 - fx) * fy + at(y0 + 1, x0 + 1) * fx * fy)
 
 
-def test_bake_on_a_sphere_reproduces_the_field_at_the_vertices():
+def test_bake_on_a_sphere_reproduces_the_field_at_the_vertices(capsys):
     sphere = trimesh.creation.icosphere(subdivisions=3)
     baked = bake_texture(sphere.vertices, sphere.faces, colour_field, size=256)
+    progress = capsys.readouterr().err  # a progress bar through the five stages
+    assert "texture baking: 100%" in progress and "5/5" in progress and "UV atlas" in progress
     assert baked.image.shape == (256, 256, 3) and len(baked.faces) == len(sphere.faces)
     # The atlas only duplicates vertices along its seams: every new vertex is an old one.
     assert np.abs(np.linalg.norm(baked.vertices, axis=1) - 1.0).max() < 1e-6

@@ -81,3 +81,35 @@ def test_dtu_official_protocol_refuses_missing_or_malformed_files(tmp_path: Path
     scipy.io.savemat(tmp_path / "ObsMask" / "ObsMask24_10.mat", {"BB": np.zeros((2, 3)), "Res": 1.0})
     with pytest.raises(InputError, match=r"ObsMask24_10\.mat: missing variable ObsMask$"):
         load_dtu_official(tmp_path, 24)
+
+
+def test_train_time_is_summed_over_resumes_and_excludes_fit_start(monkeypatch) -> None:
+    from systems import callbacks
+
+    clock = iter([100.0, 130.0, 500.0, 512.0])
+    monkeypatch.setattr(callbacks.time, "time", lambda: next(clock))
+    first = callbacks.TrainTime()
+    first.on_train_start(None, None)  # t=100
+    first.on_train_end(None, None)  # t=130: 30 s trained
+    saved = first.state_dict()
+    assert saved == {"train_time_s": 30.0}
+    resumed = callbacks.TrainTime()  # a new process: Lightning restores the callback's state from the checkpoint
+    resumed.load_state_dict(saved)
+    assert resumed.seconds == 30.0
+    resumed.on_train_start(None, None)  # t=500 (after on_fit_start's hull carving)
+    resumed.on_train_end(None, None)  # t=512
+    assert resumed.seconds == 42.0
+
+
+def test_stop_reason_names_the_limit_that_ended_training() -> None:
+    from pytorch_lightning.callbacks import Timer
+
+    from systems.callbacks import stop_reason
+
+    timer = Timer(duration="00:00:00:01")
+    by_steps = SimpleNamespace(global_step=6, max_steps=6, callbacks=[timer])
+    assert stop_reason(by_steps) == "training ended at step 6: trainer.max_steps=6 reached"
+    timer.time_remaining = lambda stage="train": 0.0  # the Timer's budget used up
+    by_time = SimpleNamespace(global_step=4, max_steps=6, callbacks=[timer])
+    assert stop_reason(by_time).startswith("training ended at step 4 of trainer.max_steps=6: trainer.max_time reached")
+    assert "before either limit" in stop_reason(SimpleNamespace(global_step=4, max_steps=6, callbacks=[]))

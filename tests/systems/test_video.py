@@ -44,8 +44,9 @@ def untrained(small_synthetic: Path, tmp_path_factory: pytest.TempPathFactory):
     return build_system(cfg, tmp_path_factory.mktemp("run")).eval()
 
 
-def test_videos_have_the_frame_count_and_size_asked(untrained, tmp_path):
+def test_videos_have_the_frame_count_and_size_asked(untrained, tmp_path, capsys):
     written = render_videos(untrained, tmp_path, frames=2, fps=5, size=16, path="both")
+    assert capsys.readouterr().err.count("video frames 16x12: 100%") >= 2  # a progress bar per path
     assert [p.name for p in written] == ["turntable_rgb.mp4", "turntable_normal.mp4", "cameras_rgb.mp4", "cameras_normal.mp4"]
     for path in written:
         frames = iio.imread(path, index=None)
@@ -61,3 +62,26 @@ def test_bad_video_settings_are_refused(untrained, tmp_path, key, kwargs):
     with pytest.raises(InputError, match=key):
         render_videos(untrained, tmp_path, **kwargs)
     assert not list(tmp_path.iterdir())
+
+
+def test_rendering_frees_each_chunk_before_the_next(untrained, monkeypatch):
+    """Only the four per-ray outputs of a chunk survive it: its samples and autograd graph (from the SDF normals)
+    are freed before the next chunk, so peak memory is one chunk's, whatever the image size."""
+    import weakref
+
+    render_rays = untrained.render_rays
+    alive_at_each_call, returned = [], []
+
+    def spy(rays, background):
+        out = render_rays(rays, background)
+        out["samples"] = torch.zeros(len(rays.origins), 64)  # stands for the per-sample tensors of a real chunk
+        alive_at_each_call.append(sum(ref() is not None for ref in returned))
+        returned.append(weakref.ref(out["samples"]))
+        return out
+
+    monkeypatch.setattr(untrained, "render_rays", spy)
+    monkeypatch.setattr(untrained, "render_chunk", 256)
+    k = untrained.scene.intrinsics[0]
+    out = untrained.render_image(k, untrained.scene.c2w[0], 48, 64)  # 12 chunks
+    assert len(alive_at_each_call) == 12 and max(alive_at_each_call) == 0
+    assert out["rgb"].shape == (48, 64, 3) and not out["normal"].requires_grad

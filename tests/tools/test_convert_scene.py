@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_converts_both_ways(small_synthetic: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "json").mkdir()  # an empty OUT is fine
     assert main([str(small_synthetic), str(tmp_path / "json")]) == 0
-    assert "6 views" in capsys.readouterr().out
+    output = capsys.readouterr()
+    assert "6 views" in output.out and "writing images: 100%" in output.err and "6/6" in output.err  # a progress bar
     assert sorted(p.name for p in (tmp_path / "json").iterdir()) == ["gt_mesh.ply", "images", "transform.json"]
     assert main([str(tmp_path / "json"), str(tmp_path / "sub" / "npz")]) == 0
     assert sorted(p.name for p in (tmp_path / "sub" / "npz").iterdir()) == ["cameras_sphere.npz", "gt_mesh.ply", "image", "mask"]
