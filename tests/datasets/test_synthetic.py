@@ -170,14 +170,18 @@ def test_config_names_runs_by_shape() -> None:
 
 
 def _interior_points() -> dict[str, list]:
-    """Per shape: points that must be inside (a thin handle, the bottom of the bowl's wall) and outside (its cavity)."""
+    """Per shape: points that must be inside (a thin handle, the bottom of the bowl's wall, the slab) and outside (the
+    bowl's cavity, the holes of the handle and the slab)."""
     bowl_tilt = synthetic._rotation(*synthetic.BOWL_TILT)
     bowl_bottom = np.add(synthetic.BOWL_CENTRE, bowl_tilt @ [0.0, 0.0, -synthetic.BOWL_RADIUS])
+    block_tilt = synthetic._rotation(*synthetic.BLOCK_TILT)
     return {"sphere_torus": [[(0.0, 0.0, 0.15)], [(0.0, 0.0, 0.6)]],
             "box_ellipsoid": [[synthetic.BOX_CENTRE, synthetic.ELLIPSOID_CENTRE], [(0.0, 0.0, 0.6)]],
             "handle": [[synthetic.CAN_CENTRE, np.add(synthetic.HANDLE_CENTRE, (synthetic.HANDLE_RADII[0], 0.0, 0.0))],
                        [np.add(synthetic.HANDLE_CENTRE, (0.15, 0.0, 0.0))]],  # the hole in the handle
-            "bowl": [[bowl_bottom], [synthetic.BOWL_CENTRE]]}
+            "bowl": [[bowl_bottom], [synthetic.BOWL_CENTRE]],
+            "pierced_block": [[np.add(synthetic.BLOCK_CENTRE, block_tilt @ [-0.25, -0.2, 0.0])],  # the slab ...
+                              [np.add(synthetic.BLOCK_CENTRE, block_tilt @ [*synthetic.HOLE_CENTRE, 0.0])]]}  # ... its hole
 
 
 @pytest.mark.parametrize("shape", list(synthetic.SHAPES))
