@@ -30,7 +30,7 @@ class NeuSModel(nn.Module):
         self.step_size = 2.0 * math.sqrt(3.0) * grid.radius / samples_per_ray
         self.grid_update_every, self.grid_warmup_steps = grid_update_every, grid_warmup_steps
         self.grid_update_fraction = grid_update_fraction
-        self._grid_period = -1  # the period of grid_update_every steps of the last update
+        self._grid_period: int | None = None  # the period of grid_update_every steps of the last call
 
     def inv_s(self) -> torch.Tensor:
         return self.variance().clamp(1e-6, 1e6)
@@ -55,8 +55,10 @@ class NeuSModel(nn.Module):
         (a stretched schedule may repeat or skip steps): every cell during the warm-up, then a random
         ``grid_update_fraction`` of the cells plus the occupied ones."""
         period = step // self.grid_update_every
-        if period != self._grid_period:
-            self._grid_period = period
+        # The first call (a fresh or resumed run) updates only on a period's first step, as a plain step counter would.
+        due = step % self.grid_update_every == 0 if self._grid_period is None else period != self._grid_period
+        self._grid_period = period
+        if due:
             fraction = 1.0 if step < self.grid_warmup_steps else self.grid_update_fraction
             self.grid.update(self.cell_occupancy, fraction)
 
