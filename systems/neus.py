@@ -60,8 +60,8 @@ class NeuSSystem(BaseSystem):
             dilation = self.hull_cfg.dilation + math.ceil(float(intrinsics[:, 0, 0].max()) * math.tan(math.radians(margin)))
             started = time.time()
             self.model.grid.carve_visual_hull(intrinsics, c2w, masks[ids], dilation, self.hull_cfg.tolerance)
-            self.hull_time_s = round(time.time() - started, 1)  # reported apart from the training time
-            log.info("visual hull carved from %d views in %.1f s", len(ids), self.hull_time_s)
+            self.hull_time_s = round(time.time() - started, 2)  # reported apart from the training time
+            log.info("visual hull carved from %d views in %.2f s", len(ids), self.hull_time_s)
 
     def update_step(self, epoch: int, step: int) -> None:
         """NeuS's cosine annealing at ``step``: 0 -> 1 over ``cos_anneal_steps`` training steps."""
