@@ -356,7 +356,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         videos = render_videos(system.eval(), run_dir / "video", v.frames, v.fps, v.size, v.path)
         return {"step": int(checkpoint["global_step"]), "video": [str(p) for p in videos]}
     if cfg.mode == "view":
-        url = serve_run(system.eval(), run_dir, cfg.export.filename, cfg.viewer.host, cfg.viewer.port)
+        url = serve_run(system.eval(), run_dir, mesh_filename(cfg.export), cfg.viewer.host, cfg.viewer.port)
         return {"step": int(checkpoint["global_step"]), "viewer": url}
 
     mesh_path = run_dir / "meshes" / mesh_filename(cfg.export)
