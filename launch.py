@@ -38,7 +38,7 @@ from datasets.sequence import Sequence
 from models.cameras import FixedCameras
 from systems.config import SequenceSettings, as_section, check_sections, check_targets, parse_duration, register_configs
 from systems.config import Viewer as ViewerSettings
-from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, StopReason, TerminateTestOnSigterm, TimeBudget, TrainTime,
+from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, ScaledSchedules, StopReason, TerminateTestOnSigterm, TimeBudget, TrainTime,
                                exit_on_sigterm, flatten, resume_hint)
 from systems.inspect import inspect_init, transfer
 from systems.quiet import quiet_libraries
@@ -56,7 +56,7 @@ MODES = ("train", "test", "eval", "export", "inspect_init", "transfer", "video",
 # Keys of a dataset config that describe it rather than being loader arguments.
 DATASET_META = ("name", "scene", "background")
 # Keys of _target_ nodes that are ours, not arguments of the target (check_targets and build_trainer leave them out).
-TARGET_META = {"dataset": DATASET_META, "trainer": ("checkpoint_every_n_steps", "schedule_steps")}
+TARGET_META = {"dataset": DATASET_META, "trainer": ("checkpoint_every_n_steps", "schedule_steps", "scale_schedules")}
 # Keys that check_targets leaves to their typed section (trainer.max_steps: None is ours, a budgeted run; build_trainer sets it).
 UNCHECKED = {"dataset": DATASET_META, "trainer": (*TARGET_META["trainer"], "max_steps")}
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -225,6 +225,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resume_dir: P
         trainer["max_steps"] = -1 if trainer["max_time"] else cfg.trainer.schedule_steps
         if trainer["max_time"]:
             callbacks.append(TimeBudget(parse_duration(trainer["max_time"]), cfg.trainer.schedule_steps))
+    elif cfg.trainer.scale_schedules:
+        callbacks.append(ScaledSchedules(trainer["max_steps"], cfg.trainer.schedule_steps))
     if trainer["max_steps"] > 0:  # a short run logs about 100 points too, not max_steps / 25 of them
         trainer["log_every_n_steps"] = max(1, min(trainer["log_every_n_steps"], trainer["max_steps"] // 100))
     return make("trainer", trainer, logger=logger, callbacks=callbacks,

@@ -115,6 +115,21 @@ class TimeBudget(pl.Callback):
         log.info("time budget: %d steps trained in %.0f of %.0f s", trainer.global_step, used, self.budget_s)
 
 
+class ScaledSchedules(pl.Callback):
+    """Stretch every step schedule, written for ``reference_steps``, to a run of ``max_steps`` steps, as
+    :class:`TimeBudget` does for the steps that fit in a budget: a budgeted run's schedules, reproducible by step count."""
+
+    def __init__(self, max_steps: int, reference_steps: int) -> None:
+        self.max_steps, self.reference_steps = int(max_steps), int(reference_steps)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pl_module.clock.reference_steps = self.reference_steps  # the learning-rate horizon, in schedule steps
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.clock.planned_steps != self.max_steps:  # a resumed run's clock comes from its checkpoint
+            pl_module.clock.plan(trainer.global_step, self.max_steps)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file and renames it, so a killed run never leaves a
     truncated ``last.ckpt`` behind; reads with ``weights_only=True`` whatever Lightning asks for, so

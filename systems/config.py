@@ -276,12 +276,14 @@ class Trainer:
     The run's length: ``max_steps`` trains that many steps with the schedules as written (``max_time`` then
     only caps it); ``max_time`` without ``max_steps`` is a budget, spent on as many steps as fit
     (:class:`systems.callbacks.TimeBudget`), every step schedule stretched from ``schedule_steps`` to them;
-    neither trains ``schedule_steps`` steps."""
+    neither trains ``schedule_steps`` steps. ``scale_schedules`` stretches the schedules to an explicit ``max_steps``
+    too, as a budget would (a time budget's schedules, reproducible by step count)."""
 
     _target_: str = "pytorch_lightning.Trainer"
     max_steps: int | None = None
     max_time: str | None = None    # DD:HH:MM:SS of training (evaluation comes after); a budget without max_steps
     schedule_steps: int = 1500     # the run length that step schedules (rates, levels, annealing, loss weights) are written for
+    scale_schedules: bool = False  # true: stretch them from schedule_steps to max_steps (false: max_steps keeps them as written)
     val_check_interval: int = 500
     log_every_n_steps: int = 25
     checkpoint_every_n_steps: int = 250

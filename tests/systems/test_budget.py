@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from datasets.npz import load_npz_scene
 from launch import compose_config
 from models.cameras import FixedCameras
-from systems.callbacks import TimeBudget
+from systems.callbacks import ScaledSchedules, TimeBudget
 from systems.config import parse_duration
 from systems.schedules import ScheduleClock
 
@@ -98,12 +98,27 @@ def test_a_resumed_budget_counts_the_time_already_spent(small_synthetic):
     assert trainer.global_step == pytest.approx((0.99 * 30 - 20) / 0.5, abs=2)
 
 
+def test_scaled_schedules_stretch_an_explicit_step_count_as_a_budget_would(small_synthetic):
+    """trainer.scale_schedules: 24 steps with schedules written for 40 end them all at step 24."""
+    system = small_neus(small_synthetic)
+    trainer = pl.Trainer(max_steps=24, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, inference_mode=False,
+                         callbacks=[ScaledSchedules(24, reference_steps=40)])
+    trainer.fit(system)
+    assert trainer.global_step == 24 and system.clock(24) == 40 and system.schedule_step_of(12) == 20
+    encoder = system.model.geometry.encoder
+    assert int(encoder.n_active) == encoder.n_levels and system.anneal == 1.0
+    lrs = [g["lr"] / g["initial_lr"] for g in trainer.optimizers[0].param_groups if g["name"] == "geometry"]
+    assert lrs == [pytest.approx(system.optim.final_lr_ratio, rel=0.05)]
+
+
 @pytest.mark.parametrize("overrides, max_steps, budget_s", [
     ([], 1500, None),                                                   # neither: the length schedules are written for
     (["trainer.max_steps=7"], 7, None),                                 # steps: as written
     (["trainer.max_steps=7", "trainer.max_time=00:00:05:00"], 7, None),  # steps, capped by the clock
     (["trainer.max_time=00:00:05:00"], -1, 300.0),                      # a budget: TimeBudget plans the steps
     (["trainer.max_time=00:00:05:00", "trainer.schedule_steps=900"], -1, 300.0),
+    (["trainer.max_steps=7", "trainer.scale_schedules=true"], 7, None),  # steps, schedules stretched to them
 ])
 def test_the_trainer_gets_a_budget_only_from_max_time_alone(tmp_path, overrides, max_steps, budget_s):
     import launch
@@ -114,3 +129,5 @@ def test_the_trainer_gets_a_budget_only_from_max_time_alone(tmp_path, overrides,
     assert trainer.max_steps == max_steps
     assert [b.budget_s for b in budgets] == ([budget_s] if budget_s else [])
     assert all(b.reference_steps == cfg.trainer.schedule_steps for b in budgets)
+    scaled = [c.max_steps for c in trainer.callbacks if isinstance(c, ScaledSchedules)]
+    assert scaled == ([7] if cfg.trainer.scale_schedules else [])
