@@ -10,7 +10,7 @@ from torch import nn
 from models.fields import ColorField, InverseVariance, SDFField
 from models.rays import RayBundle
 from models.renderers import accumulate, neus_alpha, packed_weights
-from models.samplers import OccupancyGrid
+from models.samplers import OccupancyGrid, RaySamples
 
 
 class NeuSModel(nn.Module):
@@ -63,29 +63,69 @@ class NeuSModel(nn.Module):
             self.grid.update(self.cell_occupancy, fraction)
 
     def render(self, rays: RayBundle, background: torch.Tensor, cos_anneal_ratio: float = 1.0,
-               stratified: bool = False, create_graph: bool = False, laplacian: bool = False) -> dict[str, torch.Tensor]:
+               stratified: bool = False, create_graph: bool = False, laplacian: bool = False,
+               stop_transmittance: float = 0.0) -> dict[str, torch.Tensor]:
         """Render rays. background: (R, 3) or (3,). ``laplacian`` adds the SDF Laplacian of every
-        sample, ``sample_laplacian`` (S,) (curvature loss)."""
-        n = len(rays)
+        sample, ``sample_laplacian`` (S,) (curvature loss). ``stop_transmittance`` > 0 (rendering without
+        gradients only) marches the rays in rounds and stops each where its transmittance falls below it
+        (:meth:`render_marching`): no ``sample_grad`` then."""
         samples = self.grid.sample(rays, self.step_size, stratified=stratified)
+        if stop_transmittance > 0.0:
+            if create_graph or laplacian:
+                raise ValueError("stop_transmittance is for rendering without gradients (create_graph=False, no laplacian)")
+            return self.render_marching(rays, samples, background, cos_anneal_ratio, stop_transmittance)
+        n, idx = len(rays), samples.ray_indices
+        alpha, colors, normals, grad, lap = self.shade(rays, samples, cos_anneal_ratio, create_graph, laplacian)
+        weights = packed_weights(alpha, idx, n)
+        opacity = accumulate(weights, None, idx, n)
+        out = {
+            "rgb": accumulate(weights, colors, idx, n) + background * (1.0 - opacity[:, None]),
+            "opacity": opacity,
+            "depth": accumulate(weights, samples.t_mids[:, None], idx, n)[:, 0],
+            "normal": accumulate(weights, normals, idx, n),
+            "sample_grad": grad,
+            "n_samples": torch.tensor(len(samples), device=opacity.device),
+        }
+        if lap is not None:
+            out["sample_laplacian"] = lap
+        return out
+
+    def shade(self, rays: RayBundle, samples: RaySamples, cos_anneal_ratio: float, create_graph: bool = False,
+              laplacian: bool = False) -> tuple[torch.Tensor, ...]:
+        """The fields at packed ``samples`` (S of them): alpha (S,), colour (S, 3), unit normal (S, 3), SDF gradient
+        (S, 3) and, with ``laplacian``, the SDF Laplacian (S,) (else None)."""
         idx = samples.ray_indices
         pts = samples.points(rays)
         dirs = rays.directions[idx]
         sdf, feature, grad, lap = self.geometry.forward_with_derivatives(pts, create_graph, laplacian)
         normals = F.normalize(grad, dim=-1)
         alpha = self.alpha(sdf, grad, dirs, samples.t_ends - samples.t_starts, cos_anneal_ratio)
-        weights = packed_weights(alpha, idx, n)
-        colors = self.texture(pts, normals, dirs, feature)
-        opacity = accumulate(weights, None, idx, n)
-        rgb = accumulate(weights, colors, idx, n) + background * (1.0 - opacity[:, None])
-        out = {
-            "rgb": rgb,
-            "opacity": opacity,
-            "depth": accumulate(weights, samples.t_mids[:, None], idx, n)[:, 0],
-            "normal": accumulate(weights, normals, idx, n),
-            "sample_grad": grad,
-            "n_samples": torch.tensor(len(samples), device=rgb.device),
-        }
-        if lap is not None:
-            out["sample_laplacian"] = lap
-        return out
+        return alpha, self.texture(pts, normals, dirs, feature), normals, grad, lap
+
+    def render_marching(self, rays: RayBundle, samples: RaySamples, background: torch.Tensor, cos_anneal_ratio: float,
+                        stop_transmittance: float, samples_per_round: int = 16) -> dict[str, torch.Tensor]:
+        """Composite ``samples`` front to back, ``samples_per_round`` of each ray at a time, and leave a ray out of
+        later rounds once its transmittance is below ``stop_transmittance`` (early ray termination): the fields are
+        evaluated only up to where a ray becomes opaque, and each output differs from the full sum by less than
+        ``stop_transmittance`` times its largest value. Outputs as :meth:`render`, without ``sample_grad``."""
+        n, idx = len(rays), samples.ray_indices
+        rank = torch.arange(len(samples), device=idx.device) - torch.searchsorted(idx, idx)  # a sample's place on its ray
+        transmittance = torch.ones(n, device=rays.origins.device)
+        rgb = torch.zeros(n, 3, device=transmittance.device)
+        normal, depth = torch.zeros_like(rgb), torch.zeros_like(transmittance)
+        evaluated = 0
+        for start in range(0, int(rank.max()) + 1 if len(samples) else 0, samples_per_round):
+            keep = (rank >= start) & (rank < start + samples_per_round) & (transmittance[idx] >= stop_transmittance)
+            if not bool(keep.any()):
+                break
+            part = RaySamples(idx[keep], samples.t_starts[keep], samples.t_ends[keep])
+            alpha, colors, normals, _, _ = self.shade(rays, part, cos_anneal_ratio)
+            weights = packed_weights(alpha.detach(), part.ray_indices, n) * transmittance[part.ray_indices]
+            rgb += accumulate(weights, colors.detach(), part.ray_indices, n)
+            normal += accumulate(weights, normals.detach(), part.ray_indices, n)
+            depth += accumulate(weights, part.t_mids[:, None], part.ray_indices, n)[:, 0]
+            transmittance = transmittance - accumulate(weights, None, part.ray_indices, n)
+            evaluated += len(part)
+        opacity = 1.0 - transmittance
+        return {"rgb": rgb + background * transmittance[:, None], "opacity": opacity, "depth": depth, "normal": normal,
+                "n_samples": torch.tensor(evaluated, device=opacity.device)}

@@ -15,6 +15,9 @@ from systems.base import BaseSystem, curvature_loss, log_scalars, mask_loss
 from systems.config import NeuSLoss, Rays, VisualHull, as_section
 
 log = logging.getLogger(__name__)
+# Evaluation renders (held-out views, validation, videos, the viewer) stop marching a ray once less than this
+# much light gets through: far below one 8-bit grey level, and most samples behind a surface are never evaluated.
+EVAL_STOP_TRANSMITTANCE = 1e-4
 
 
 class NeuSSystem(BaseSystem):
@@ -73,7 +76,8 @@ class NeuSSystem(BaseSystem):
         return self.anneal if self.training else 1.0
 
     def render_rays(self, rays: RayBundle, background: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model.render(rays, background, self.cos_anneal_ratio(), stratified=False, create_graph=False)
+        return self.model.render(rays, background, self.cos_anneal_ratio(), stratified=False, create_graph=False,
+                                 stop_transmittance=EVAL_STOP_TRANSMITTANCE)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         step = self.schedule_step
