@@ -42,7 +42,6 @@ from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, StopR
                                exit_on_sigterm, flatten, resume_hint)
 from systems.inspect import inspect_init, transfer
 from systems.quiet import quiet_libraries
-from systems.mesh_io import textured_files
 from systems.trust import build, check_run_targets, check_saved_overrides, read_saved_overrides, trust_command_line
 from systems.sequence import moving_cameras, train_sequence
 from systems.sweep import FAILED_JOBS_FILE, failed_jobs, record_job
@@ -292,7 +291,7 @@ def outputs(cfg: DictConfig, run_dir: Path, mesh_path: Path) -> tuple[MeshExport
     """The mesh export (to ``mesh_path``) and evaluation (``run_dir/metrics.json``) callbacks of ``cfg.export``, ``cfg.eval``."""
     export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors,
                         cameras_path=run_dir / "cameras_refined.npz", target_faces=cfg.export.target_faces,
-                        texture_size=cfg.export.texture_size if cfg.export.texture else None)
+                        texture_size=cfg.export.texture_size if cfg.export.texture else None, points=cfg.export.points)
     evaluation = Evaluation(run_dir, mesh_path, cfg.eval.chamfer_points, cfg.eval.max_dist, cfg.eval.mask_dilation,
                             protocol=cfg.eval.protocol, dtu_dir=cfg.eval.dtu_dir, scan=cfg.scan)
     evaluation.hparams = flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -362,9 +361,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     mesh_path = run_dir / "meshes" / mesh_filename(cfg.export)
     export, evaluation = outputs(cfg, run_dir, mesh_path)
     if cfg.mode == "export":
-        export.export(system)
-        textured = {"textured": [str(p) for p in textured_files(mesh_path)]} if cfg.export.texture else {}
-        return {"step": int(checkpoint["global_step"]), "mesh": str(mesh_path), **textured}
+        return {"step": int(checkpoint["global_step"]), **export.export(system)}
 
     callbacks = [evaluation] if cfg.mode == "eval" and mesh_path.exists() else [export, evaluation]
     if cfg.mode == "train" and cfg.viewer.enabled:
@@ -404,7 +401,7 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
     if "psnr" in metrics:
         iou = f", IoU {metrics['iou']:.4f}" if "iou" in metrics else ""
         lines.append(f"held-out     PSNR {metrics['psnr']:.2f} dB{iou} over {metrics['n_test_views']} views")
-    for key in ("mesh", "textured", "inspect", "video", "viewer"):  # a path, or several, one a line
+    for key in ("mesh", "textured", "points", "inspect", "video", "viewer"):  # a path, or several, one a line
         paths = metrics.get(key, [])
         for i, path in enumerate([paths] if isinstance(paths, str) else paths):
             lines.append(f"{key if i == 0 else '':<12} {path}")
