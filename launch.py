@@ -36,6 +36,7 @@ from datasets.errors import InputError, one_line
 from datasets.scene import Scene
 from datasets.sequence import Sequence
 from models.cameras import FixedCameras
+from systems.config_doc import job_config_request, job_config_text
 from systems.config import SequenceSettings, as_section, check_sections, check_targets, parse_duration, register_configs
 from systems.config import Viewer as ViewerSettings
 from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, StopReason, TerminateTestOnSigterm, TimeBudget, TrainTime,
@@ -138,6 +139,11 @@ def prepare_argv(argv: list[str]) -> list[str]:
     """
     global RUN_DIR_EXISTED, RUN_DIR_BEFORE, SWEEP_DIR
     args = argv[1:]
+    if (job := job_config_request(args)) is not None:  # --cfg job, with each documented key's comment (systems/config_doc.py)
+        check_group_choices(job.overrides)
+        check_config(job.overrides)
+        print(job_config_text(CONFIG_DIR, job), end="")
+        sys.exit(0)
     if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc") for a in args):
         return argv  # Hydra's own commands
     if ddp_child():  # rank 0 checked this command line and made the run directory; log to the console, not to a file there
