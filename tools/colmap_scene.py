@@ -276,7 +276,7 @@ def extract_frames(video: Path, folder: Path, count: int = DEFAULT_FRAMES, max_s
     try:
         total = imageio_ffmpeg.count_frames_and_secs(str(video))[0]
         reader = imageio_ffmpeg.read_frames(str(video))
-        width, height = reader.__next__()["size"]
+        width, height = next(reader)["size"]
     except (RuntimeError, OSError, KeyError, StopIteration) as err:
         raise InputError(video, f"not a readable video ({ffmpeg_reason(err)})") from err
     if total == 0:
