@@ -36,13 +36,13 @@ from datasets.errors import InputError, one_line
 from datasets.scene import Scene
 from datasets.sequence import Sequence
 from models.cameras import FixedCameras
+from systems.config_doc import job_config_request, job_config_text
 from systems.config import SequenceSettings, as_section, check_sections, check_targets, parse_duration, register_configs
 from systems.config import Viewer as ViewerSettings
 from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, ScaledSchedules, StopReason, TerminateTestOnSigterm, TimeBudget, TrainTime,
                                exit_on_sigterm, flatten, resume_hint)
 from systems.inspect import inspect_init, transfer
 from systems.quiet import quiet_libraries
-from systems.mesh_io import textured_files
 from systems.trust import build, check_run_targets, check_saved_overrides, read_saved_overrides, trust_command_line
 from systems.sequence import moving_cameras, train_sequence
 from systems.sweep import FAILED_JOBS_FILE, failed_jobs, record_job
@@ -139,6 +139,11 @@ def prepare_argv(argv: list[str]) -> list[str]:
     """
     global RUN_DIR_EXISTED, RUN_DIR_BEFORE, SWEEP_DIR
     args = argv[1:]
+    if (job := job_config_request(args)) is not None:  # --cfg job, with each documented key's comment (systems/config_doc.py)
+        check_group_choices(job.overrides)
+        check_config(job.overrides)
+        print(job_config_text(CONFIG_DIR, job), end="")
+        sys.exit(0)
     if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc") for a in args):
         return argv  # Hydra's own commands
     if ddp_child():  # rank 0 checked this command line and made the run directory; log to the console, not to a file there
@@ -294,7 +299,7 @@ def outputs(cfg: DictConfig, run_dir: Path, mesh_path: Path) -> tuple[MeshExport
     """The mesh export (to ``mesh_path``) and evaluation (``run_dir/metrics.json``) callbacks of ``cfg.export``, ``cfg.eval``."""
     export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors,
                         cameras_path=run_dir / "cameras_refined.npz", target_faces=cfg.export.target_faces,
-                        texture_size=cfg.export.texture_size if cfg.export.texture else None)
+                        texture_size=cfg.export.texture_size if cfg.export.texture else None, points=cfg.export.points)
     evaluation = Evaluation(run_dir, mesh_path, cfg.eval.chamfer_points, cfg.eval.max_dist, cfg.eval.mask_dilation,
                             protocol=cfg.eval.protocol, dtu_dir=cfg.eval.dtu_dir, scan=cfg.scan)
     evaluation.hparams = flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -364,9 +369,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     mesh_path = run_dir / "meshes" / mesh_filename(cfg.export)
     export, evaluation = outputs(cfg, run_dir, mesh_path)
     if cfg.mode == "export":
-        export.export(system)
-        textured = {"textured": [str(p) for p in textured_files(mesh_path)]} if cfg.export.texture else {}
-        return {"step": int(checkpoint["global_step"]), "mesh": str(mesh_path), **textured}
+        return {"step": int(checkpoint["global_step"]), **export.export(system)}
 
     callbacks = [evaluation] if cfg.mode == "eval" and mesh_path.exists() else [export, evaluation]
     if cfg.mode == "train" and cfg.viewer.enabled:
@@ -406,7 +409,7 @@ def summary(cfg: DictConfig, run_dir: Path, metrics: dict) -> str:
     if "psnr" in metrics:
         iou = f", IoU {metrics['iou']:.4f}" if "iou" in metrics else ""
         lines.append(f"held-out     PSNR {metrics['psnr']:.2f} dB{iou} over {metrics['n_test_views']} views")
-    for key in ("mesh", "textured", "inspect", "video", "viewer"):  # a path, or several, one a line
+    for key in ("mesh", "textured", "points", "inspect", "video", "viewer"):  # a path, or several, one a line
         paths = metrics.get(key, [])
         for i, path in enumerate([paths] if isinstance(paths, str) else paths):
             lines.append(f"{key if i == 0 else '':<12} {path}")

@@ -23,7 +23,7 @@ from datasets.scene import Scene
 from models.background import BackgroundField
 from models.cameras import Similarity, TrainableCameras, pose_errors
 from models.mesh import decimate, extract_mesh, largest_component
-from models.metrics import psnr, silhouette_iou
+from models.metrics import psnr, sample_surface, silhouette_iou
 from models.motion import RigidMotion
 from models.rays import RayBundle, image_rays, pixel_rays
 from models.samplers import OccupancyGrid
@@ -31,7 +31,7 @@ from models.texture import bake_texture
 from systems.callbacks import StepSchedules
 from systems.config import BackgroundFieldConfig, Optim, Optimizer, Scheduler, as_section
 from systems.schedules import ScheduleClock
-from systems.mesh_io import save_cameras, save_mesh, save_textured_mesh
+from systems.mesh_io import point_cloud_path, save_cameras, save_mesh, save_point_cloud, save_textured_mesh
 from systems.trust import build
 
 BACKGROUNDS = ("black", "white", "random", "learned", "nerf")
@@ -359,10 +359,15 @@ class BaseSystem(pl.LightningModule):
 
     def vertex_colors(self, vertices: torch.Tensor) -> torch.Tensor:
         """Colours (V, 3) in [0, 1] of vertices (V, 3) seen head-on (view direction = -normal)."""
-        _, feature, grad = self.model.geometry.forward_with_gradient(vertices, create_graph=False)
-        normals = F.normalize(grad, dim=-1)
+        return self.normals_and_colors(vertices)[1]
+
+    def normals_and_colors(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit SDF-gradient normals (P, 3) of points (P, 3) and their colours (P, 3) in [0, 1] seen head-on
+        (view direction = -normal), detached."""
+        _, feature, grad = self.model.geometry.forward_with_gradient(points, create_graph=False)
+        normals = F.normalize(grad.detach(), dim=-1)
         with torch.no_grad():
-            return self.model.texture(vertices, normals, -normals, feature)
+            return normals, self.model.texture(points, normals, -normals, feature)
 
     def to_world(self, points: np.ndarray) -> np.ndarray:
         """Normalised (P, 3) -> the dataset's original world frame (through scale_mat). With trainable
@@ -412,16 +417,44 @@ class BaseSystem(pl.LightningModule):
         p = torch.from_numpy(points).float().to(self.device)
         return torch.cat([self.vertex_colors(c) for c in p.split(self.render_chunk * 4)]).cpu().numpy()
 
+    def surface_points(self, vertices: np.ndarray, faces: np.ndarray, n: int, max_step: float) -> tuple[np.ndarray, ...]:
+        """``n`` points on the zero level set, with unit normals and colours, all (n, 3), normalised frame:
+        area-weighted samples of the mesh (V, 3), (F, 3) (seed 0), each moved one Newton step along the SDF
+        gradient, ``x - f(x) grad / |grad|^2`` (at most ``max_step`` far), from the mesh's chords onto the
+        surface; normals are the SDF gradients there and colours as :meth:`vertex_colors`. An empty mesh gives none."""
+        if n == 0 or len(faces) == 0:
+            return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3))
+        samples = torch.from_numpy(sample_surface(vertices, faces, n)[0]).float().to(self.device)
+        points, normals, colors = [], [], []
+        for chunk in samples.split(self.render_chunk * 4):
+            with torch.no_grad():
+                sdf, _, grad = self.model.geometry.forward_with_gradient(chunk, create_graph=False)
+                length = grad.norm(dim=-1).clamp_min(1e-8)
+                chunk = chunk - ((sdf / length).clamp(-max_step, max_step) / length)[:, None] * grad
+            normal, color = self.normals_and_colors(chunk)
+            points.append(chunk.cpu())
+            normals.append(normal.cpu())
+            colors.append(color.cpu())
+        return tuple(torch.cat(values).double().numpy() for values in (points, normals, colors))
+
     def export_mesh(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True,
-                    target_faces: int | None = None, texture_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    target_faces: int | None = None, texture_size: int | None = None, points: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Extract the zero level set and write it (world frame) to ``path``; returns world (vertices, faces).
 
         Only the surface the renderer sees is extracted: the SDF counts as positive in its empty
         space (:meth:`empty_space`), where rays take no samples and nothing constrains its sign
         (sine-based encoders such as NFFB readily cross zero there). ``target_faces`` decimates the
         mesh before it is coloured; ``texture_size`` also writes it UV-textured (``<stem>_textured``
-        .obj/.mtl/.png/.glb, colours baked from the colour network into a texture that many texels square)."""
+        .obj/.mtl/.png/.glb, colours baked from the colour network into a texture that many texels square); ``points``
+        also writes that many :meth:`surface_points` of the full mesh, world frame, to ``<stem>_points.ply``."""
         vertices, faces = self.surface(resolution, keep_largest)
+        if points:
+            xyz, normals, rgb = self.surface_points(vertices, faces, points, max_step=1.0 / resolution)  # half a cell of [-1, 1]^3
+            world_xyz = self.to_world(xyz)
+            # to_world is affine with a similarity for its linear part: the image of the direction is the normal
+            world_normals = self.to_world(xyz + normals) - world_xyz
+            world_normals /= np.maximum(np.linalg.norm(world_normals, axis=-1, keepdims=True), 1e-12)
+            save_point_cloud(point_cloud_path(path), world_xyz, world_normals, rgb)
         if target_faces is not None:
             vertices, faces = decimate(vertices, faces, target_faces)
         rgb = self.point_colors(vertices) if colors and len(vertices) else None

@@ -20,7 +20,8 @@ from scipy.spatial import cKDTree
 from datasets.errors import InputError
 from models.mesh import decimate
 from models.metrics import chamfer_distance, downsample_points, dtu_official_distances, sample_surface_grid, visible_in_masks
-from systems.mesh_io import atomic_write, dtu_official_paths, load_dtu_official, load_reference, textured_files
+from systems.mesh_io import (atomic_write, dtu_official_paths, load_dtu_official, load_reference, point_cloud_path,
+                             textured_files)
 from systems.run_dir import load_weights
 
 log = logging.getLogger(__name__)
@@ -250,21 +251,31 @@ class MeshExport(pl.Callback):
 
     def __init__(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True,
                  cameras_path: str | Path | None = None, target_faces: int | None = None,
-                 texture_size: int | None = None, step: int | None = None) -> None:
+                 texture_size: int | None = None, step: int | None = None, points: int = 0) -> None:
         self.path, self.resolution, self.keep_largest, self.colors = Path(path), resolution, keep_largest, colors
         self.cameras_path = None if cameras_path is None else Path(cameras_path)
-        self.target_faces, self.texture_size, self.step = target_faces, texture_size, step
+        self.target_faces, self.texture_size, self.step, self.points = target_faces, texture_size, step, points
 
-    def export(self, pl_module: pl.LightningModule) -> None:
+    def export(self, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """Write the mesh (and what ``texture_size``, ``points`` and trainable cameras add); returns the result
+        files: ``mesh``, and ``textured`` (a list) and ``points`` when written."""
         started = time.time()
         log.info("exporting the mesh: marching cubes on a %d^3 grid ...", self.resolution)
         vertices, faces = pl_module.export_mesh(self.path, self.resolution, self.keep_largest, self.colors,
-                                                self.target_faces, self.texture_size)
+                                                self.target_faces, self.texture_size, self.points)
         log.info("mesh: %d vertices, %d faces in %.0f s -> %s", len(vertices), len(faces), time.time() - started, self.path)
+        if self.points:
+            log.info("point cloud: %d points with normals and colours -> %s", self.points if len(faces) else 0, point_cloud_path(self.path))
         if self.texture_size:
             log.info("textured mesh -> %s", ", ".join(str(p) for p in textured_files(self.path)))
         if self.cameras_path is not None and pl_module.trainable_cameras:
             pl_module.export_cameras(self.cameras_path)
+        written: dict[str, Any] = {"mesh": str(self.path)}
+        if self.texture_size:
+            written["textured"] = [str(p) for p in textured_files(self.path)]
+        if self.points:
+            written["points"] = str(point_cloud_path(self.path))
+        return written
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:  # DDP: one process writes
@@ -376,6 +387,8 @@ class Evaluation(pl.Callback):
             metrics["mesh"] = str(self.mesh_path)
         if textured_files(self.mesh_path):
             metrics["textured"] = [str(p) for p in textured_files(self.mesh_path)]
+        if point_cloud_path(self.mesh_path).is_file():
+            metrics["points"] = str(point_cloud_path(self.mesh_path))
         metrics["eval_time_s"] = round(time.time() - self.started, 1)  # held-out views, mesh export (callbacks before) and Chamfer
         path = self.run_dir / "metrics.json"
         if path.exists():

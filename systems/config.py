@@ -347,8 +347,10 @@ class Export:
     target_faces: int | None = None  # decimate the mesh to at most this many faces (quadric edge collapse)
     texture: bool = False          # also write <stem>_textured.obj/.mtl/.png/.glb: a UV atlas with baked colours
     texture_size: int = 1024       # texture side in texels
+    points: int = 0                # also write <stem>_points.ply: this many surface points with normals and colours; 0: off
 
     def __post_init__(self) -> None:
+        at_least(self, 0, "points")
         at_least(self, 8, "resolution")
         at_least(self, 4, "target_faces")  # a tetrahedron
         at_least(self, 16, "texture_size")

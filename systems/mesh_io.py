@@ -82,6 +82,31 @@ def textured_files(mesh_path: str | Path) -> list[Path]:
     return [p for p in (path.with_name(f"{path.stem}_textured{ext}") for ext in (".obj", ".mtl", ".png", ".glb")) if p.is_file()]
 
 
+def point_cloud_path(mesh_path: str | Path) -> Path:
+    """The point cloud written beside ``mesh_path`` (``export.points``): ``<stem>_points.ply``."""
+    path = Path(mesh_path)
+    return path.with_name(f"{path.stem}_points.ply")
+
+
+def save_point_cloud(path: str | Path, points: np.ndarray, normals: np.ndarray, colors: np.ndarray) -> None:
+    """Write an oriented, coloured point cloud atomically as binary little-endian PLY, one ``vertex``
+    element with float ``x y z nx ny nz`` and uchar ``red green blue`` (what CloudCompare, MeshLab, Open3D
+    and trimesh read as positions, normals and colours).
+
+    Args:
+        points: (P, 3); normals: (P, 3); colors: (P, 3) uint8 or float in [0, 1].
+    """
+    fields = [*((k, "<f4") for k in ("x", "y", "z", "nx", "ny", "nz")), *((k, "u1") for k in ("red", "green", "blue"))]
+    records = np.empty(len(points), dtype=np.dtype(fields))
+    for i, key in enumerate(("x", "y", "z")):
+        records[key], records["n" + key] = np.asarray(points)[:, i], np.asarray(normals)[:, i]
+    for i, key in enumerate(("red", "green", "blue")):
+        records[key] = _uint8_colors(colors).reshape(-1, 3)[:, i]
+    header = "".join(f"property {'float' if kind == '<f4' else 'uchar'} {key}\n" for key, kind in fields)
+    header = f"ply\nformat binary_little_endian 1.0\nelement vertex {len(records)}\n{header}end_header\n"
+    atomic_write(path, header.encode() + records.tobytes())
+
+
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, sync it and rename it into place, so an
     interrupted write never leaves a truncated file or a half-overwritten previous one."""

@@ -123,6 +123,26 @@ def test_export_and_test_modes_rewrite_results(launch, finished_run, tmp_path):
     assert steps == {"test/psnr": [6, 6], "mesh_VERTEX": [6, 6]}
 
 
+def test_point_cloud_export_in_export_and_test_modes(launch, finished_run, tmp_path):
+    run_dir = tmp_path / "points"
+    shutil.copytree(finished_run, run_dir)
+    cloud = run_dir / "meshes" / "final_points.ply"
+    result = launch(f"resume={run_dir}", "mode=export", "export.points=300")
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = trimesh.load(cloud, process=False)
+    assert isinstance(loaded, trimesh.PointCloud) and loaded.vertices.shape == (300, 3)
+    assert f"points       {cloud}" in result.stdout.splitlines()
+    # The mesh (world frame) was rewritten beside it; the points lie on it.
+    mesh = trimesh.load(run_dir / "meshes" / "final.ply", process=False)
+    assert cKDTree(mesh.vertices).query(loaded.vertices)[0].max() < 0.05 * mesh.extents.max()
+    # The test phase's export (training's final one) writes it too, and metrics.json names it.
+    cloud.unlink()
+    result = launch(f"resume={run_dir}", "mode=test", "export.points=200")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert trimesh.load(cloud, process=False).vertices.shape == (200, 3)
+    assert json.loads((run_dir / "metrics.json").read_text())["points"] == str(cloud)
+
+
 def test_the_mesh_is_logged_to_tensorboard(finished_run):
     logged = {}
     for events in (finished_run / "tensorboard").glob("events.out.tfevents.*"):
@@ -262,11 +282,12 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
         (["system.rays.initial=-1"], "system.rays.initial"),
         (["eval.chamfer_points=0"], "eval.chamfer_points"),
         (["video.fps=0"], "video.fps"),
+        (["export.points=-1"], "export.points: must be at least 0, got -1"),
         (["+callbacks.x={_target_:os.system,command:ls}"], "because it allows config data to control executable behavior or"),
     ],
     ids=["missing-folder", "unknown-group-option", "unknown-background", "unknown-mode", "test-without-run", "all-held-out",
          "typed-section", "instantiate-error", "constructor-error", "missing-scan", "runtime-loader-error", "transfer-without-runs",
-         "export-resolution-0", "eval-downscale-0", "negative-rays", "no-chamfer-points", "video-fps-0", "hydra-blocklist-whole"],
+         "export-resolution-0", "eval-downscale-0", "negative-rays", "no-chamfer-points", "video-fps-0", "export-points-negative", "hydra-blocklist-whole"],
 )
 def test_bad_input_is_one_line_and_leaves_no_run(launch, tiny, args, expected, data_dir, tmp_path):
     run_dir = tmp_path / "run"

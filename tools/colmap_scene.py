@@ -1,9 +1,14 @@
-"""Photos -> a NeuS-layout scene, by COLMAP structure from motion (Schönberger & Frahm, "Structure-from-Motion
+"""Photos (or a video) -> a NeuS-layout scene, by COLMAP structure from motion (Schönberger & Frahm, "Structure-from-Motion
 Revisited", CVPR 2016) through pycolmap.
 
     python -m tools.colmap_scene IMAGES_DIR OUT_DIR [--camera-model SIMPLE_RADIAL] [--matcher exhaustive]
                                  [--masks MASK_DIR] [--max-size 3200] [--sparse SPARSE_DIR]
                                  [--refine-principal-point] [--verbose]
+    python -m tools.colmap_scene --video CLIP.mp4 OUT_DIR [--frames 60] [--frame-size N] [...]
+
+A video is first cut into ``--frames`` even segments and the sharpest frame of each (:func:`extract_frames`) is
+written to ``OUT_DIR/frames/frame_NNNNNN.png`` (NNNNNN: its index in the clip); these are the photos, matched
+with the sequential matcher unless ``--matcher`` says otherwise.
 
 SIFT features, exhaustive (or sequential) matching and incremental mapping into ``OUT_DIR/colmap/``
 (``database.db``, ``sparse/K``; the model with the most registered images is used), or an existing COLMAP
@@ -16,7 +21,9 @@ images (and masks) are undistorted into a pinhole camera. Then:
   masks are carried to the output for evaluation or training, never used by SfM);
 - ``OUT_DIR/cameras_sphere.npz``: ``world_mat_i`` (projection of COLMAP world points) and ``scale_mat_i``
   (normalised -> COLMAP world), the same for every view (:func:`normalisation`);
-- ``OUT_DIR/colmap_images.json``: our index -> original file name, the unregistered images and the normalisation.
+- ``OUT_DIR/colmap_images.json``: our index -> original file name, the unregistered images and the normalisation
+  (from a video also the clip, its frame count, and the kept frames' indices and sharpness);
+- ``OUT_DIR/frames/``: from a video, the kept frames as extracted (the photos SfM saw, for a later ``--sparse``).
 
 The scene is built in a temporary sibling folder and renamed to ``OUT_DIR`` at the end, so a failed run leaves
 nothing behind; ``OUT_DIR`` must be new or empty. Too few images, or too few registered by SfM, stop with one
@@ -37,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from datasets.errors import InputError
 from datasets.npz import list_images, read_image
@@ -45,6 +53,7 @@ from systems.mesh_io import atomic_write, save_cameras
 
 CAMERA_MODELS = ("PINHOLE", "SIMPLE_RADIAL", "OPENCV")
 MATCHERS = ("exhaustive", "sequential")
+DEFAULT_FRAMES = 60  # frames kept from a video
 MIN_IMAGES = 3
 MIN_REGISTERED_FRACTION = 0.5  # fewer registered images than this share of the photos is a failure
 MAX_REPROJECTION_ERROR = 2.0  # pixels: sparse points used for the normalisation ...
@@ -236,10 +245,71 @@ def write_views(reconstruction, image_dir: Path, names: list[str], mask_dir: Pat
     return np.stack(intrinsics), np.stack(c2w)
 
 
+def sharpness(image: np.ndarray) -> float:
+    """Variance of the Laplacian of an (H, W, 3) uint8 image's luma (Pech-Pacheco et al., "Diatom autofocusing
+    in brightfield microscopy: a comparative study", ICPR 2000): high for a sharp frame, low for a blurred one."""
+    g = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    laplacian = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
+    return float(laplacian.var())
+
+
+def ffmpeg_reason(err: Exception) -> str:
+    """The last line of ffmpeg's report in ``err`` (its banner and configuration come first), e.g.
+    ``Error opening input files: Invalid data found when processing input``."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def extract_frames(video: Path, folder: Path, count: int = DEFAULT_FRAMES, max_size: int | None = None) -> dict:
+    """Write sharp, evenly spaced frames of ``video`` to ``folder/frame_NNNNNN.png`` (NNNNNN: the frame's index in
+    the clip): the clip's N frames are cut into ``min(count, N)`` even segments (frame i in segment
+    ``i * count // N``) and the :func:`sharpness` maximum of each is kept. ``max_size`` scales frames down so that
+    their longer side is at most that many pixels. Returns the clip's frame count, the kept indices and their sharpness.
+
+    Raises:
+        InputError: the file is missing, not a video ffmpeg can read, or holds no frames.
+    """
+    import imageio_ffmpeg
+
+    if not video.is_file():
+        raise InputError(video, "video file not found")
+    try:
+        total = imageio_ffmpeg.count_frames_and_secs(str(video))[0]
+        reader = imageio_ffmpeg.read_frames(str(video))
+        width, height = next(reader)["size"]
+    except (RuntimeError, OSError, KeyError, StopIteration) as err:
+        raise InputError(video, f"not a readable video ({ffmpeg_reason(err)})") from err
+    if total == 0:
+        reader.close()
+        raise InputError(video, "the video holds no frames")
+    count = min(count, total)
+    scale = 1.0 if max_size is None else min(1.0, max_size / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    best: dict[int, tuple[float, int, np.ndarray]] = {}  # segment -> (sharpness, index, frame)
+    try:
+        for index, data in enumerate(tqdm(reader, total=total, desc=f"frames of {video.name}", unit="frame")):
+            frame = np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+            if size != (width, height):
+                frame = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BOX))
+            segment, score = min(index * count // total, count - 1), sharpness(frame)
+            if segment not in best or score > best[segment][0]:
+                best[segment] = (score, index, frame)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise InputError(video, f"not a readable video ({ffmpeg_reason(err)})") from err
+    finally:
+        reader.close()
+    for _, index, frame in best.values():
+        atomic_write(folder / f"frame_{index:06d}.png", _png(frame))
+    kept = [best[k] for k in sorted(best)]
+    return {"video": str(video), "video_frames": total, "frame_indices": [i for _, i, _ in kept],
+            "frame_sharpness": [round(score, 2) for score, _, _ in kept]}
+
+
 def build_scene(image_dir: Path, out_dir: Path, camera_model: str = "SIMPLE_RADIAL", matcher: str = "exhaustive",
                 mask_dir: Path | None = None, max_size: int = 3200, sparse: Path | None = None,
-                refine_principal_point: bool = False) -> dict:
-    """Run the whole conversion (see the module docstring); returns what ``colmap_images.json`` holds."""
+                refine_principal_point: bool = False, extra: dict | None = None) -> dict:
+    """Run the whole conversion (see the module docstring); returns what ``colmap_images.json`` holds (with
+    ``extra``'s entries)."""
     import pycolmap
 
     if not image_dir.is_dir():
@@ -281,7 +351,7 @@ def build_scene(image_dir: Path, out_dir: Path, camera_model: str = "SIMPLE_RADI
         save_cameras(work / "cameras_sphere.npz", intrinsics, normalised, norm.scale_mat)
         summary = {"images": views, "unregistered": unregistered, "centre": norm.centre.tolist(), "radius": norm.radius,
                    "radius_capped_by_cameras": norm.capped, "points_used": norm.points_used,
-                   "sparse": model}
+                   "sparse": model, **(extra or {})}
         atomic_write(work / "colmap_images.json", (json.dumps(summary, indent=2) + "\n").encode())
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above): replaced by the finished scene
@@ -291,12 +361,36 @@ def build_scene(image_dir: Path, out_dir: Path, camera_model: str = "SIMPLE_RADI
     return summary
 
 
+def scene_from_video(video: Path, out_dir: Path, frames: int = DEFAULT_FRAMES, frame_size: int | None = None,
+                     **options) -> dict:
+    """:func:`extract_frames` of ``video``, then :func:`build_scene` of them (``options``: its keyword arguments)
+    into ``out_dir``, which keeps the frames in ``frames/``; nothing is left behind when either fails."""
+    check_out_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.frames.tmp", dir=out_dir.parent))
+    try:
+        picked = extract_frames(video, folder, frames, frame_size)
+        print(f"frames: the sharpest of each of {len(picked['frame_indices'])} even segments of {picked['video_frames']}",
+              flush=True)
+        summary = build_scene(folder, out_dir, extra=picked, **options)
+        folder.rename(out_dir / "frames")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.colmap_scene", description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", type=Path, help="folder of photos of one object, taken around it")
+    parser.add_argument("images", type=Path, nargs="?", help="folder of photos of one object, taken around it (or --video)")
     parser.add_argument("out", type=Path, help="new (or empty) folder for the NeuS-layout scene")
+    parser.add_argument("--video", type=Path, metavar="FILE", help="a clip filmed around the object instead of photos: "
+                        "its sharpest frame in each of --frames even segments, matched sequentially")
+    parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, metavar="K", help=f"--video: how many frames to keep ({DEFAULT_FRAMES})")
+    parser.add_argument("--frame-size", type=int, metavar="N", help="--video: longest side of the kept frames in pixels "
+                        "(default: the video's)")
     parser.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL", help="COLMAP camera model (one camera for all photos)")
-    parser.add_argument("--matcher", choices=MATCHERS, default="exhaustive", help="sequential: for photos in capture order (video frames)")
+    parser.add_argument("--matcher", choices=MATCHERS, help="exhaustive (default for photos) or sequential (default for "
+                        "--video: for photos in capture order)")
     parser.add_argument("--masks", type=Path, metavar="DIR", help="object masks, named like the images (or <stem>.png); copied to mask/, not used by SfM")
     parser.add_argument("--max-size", type=int, default=3200, metavar="N", help="longest image side for feature extraction (pixels)")
     parser.add_argument("--sparse", type=Path, metavar="DIR", help="an existing COLMAP model of these images (e.g. sparse/0): skip SfM")
@@ -304,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="refine the principal point (COLMAP keeps it at the image centre) in a last bundle adjustment")
     parser.add_argument("--verbose", action="store_true", help="show COLMAP's log")
     args = parser.parse_args(argv)
+    if (args.images is None) == (args.video is None):
+        parser.error("give either IMAGES_DIR or --video FILE")
+    if args.video is not None and (args.masks or args.sparse):
+        parser.error("--masks and --sparse name photos; a --video scene takes neither")
+    if args.frames < MIN_IMAGES or (args.frame_size is not None and args.frame_size < 16):
+        parser.error(f"--frames must be at least {MIN_IMAGES} and --frame-size at least 16")
+    matcher = args.matcher or ("sequential" if args.video is not None else "exhaustive")
     try:
         import pycolmap
     except ImportError:
@@ -311,8 +412,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pycolmap.logging.minloglevel = 0 if args.verbose else 2  # INFO, or errors only
     try:
-        summary = build_scene(args.images, args.out, args.camera_model, args.matcher, args.masks, args.max_size, args.sparse,
-                              args.refine_principal_point)
+        if args.video is not None:
+            summary = scene_from_video(args.video, args.out, args.frames, args.frame_size, camera_model=args.camera_model,
+                                       matcher=matcher, max_size=args.max_size, refine_principal_point=args.refine_principal_point)
+        else:
+            summary = build_scene(args.images, args.out, args.camera_model, matcher, args.masks, args.max_size, args.sparse,
+                                  args.refine_principal_point)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from datasets import synthetic
 from datasets.errors import InputError
 from datasets.npz import load_npz_scene
 from models.cameras import align_poses, rotation_angle_deg
-from tools.colmap_scene import CAMERA_CLEARANCE, main, normalisation, registered_or_raise
+from tools.colmap_scene import CAMERA_CLEARANCE, extract_frames, main, normalisation, registered_or_raise, sharpness
 
 pytest.importorskip("pycolmap")
 
@@ -199,3 +199,99 @@ def test_a_file_that_does_not_decode_is_not_counted_as_an_image(tmp_path: Path, 
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'photos' / '3.jpg'}: not a readable image") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+# --- Video in: a clip of N_CLIP frames of moving speckle, blurred but for one frame in each of N_KEPT segments.
+N_CLIP, N_KEPT = 40, 8
+SHARP = [5 * k + (2 * k) % 5 for k in range(N_KEPT)]  # the one sharp frame of each 5-frame segment, at varying places
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An H.264 MP4 (64x48) of a speckle texture sliding 1 px a frame; every frame but those of SHARP box-blurred."""
+    import imageio_ffmpeg
+
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    texture = np.random.default_rng(0).integers(0, 256, (24, 32 + N_CLIP // 2, 3)).repeat(2, 0).repeat(2, 1).astype(np.float32)
+    writer = imageio_ffmpeg.write_frames(str(path), (64, 48), fps=10, quality=10)
+    writer.send(None)
+    for i in range(N_CLIP):
+        frame = texture[:, i:i + 64]
+        if i not in SHARP:  # a 5x5 box blur
+            padded = np.pad(frame, ((2, 2), (2, 2), (0, 0)), mode="edge")
+            frame = sum(padded[dy:dy + 48, dx:dx + 64] for dy in range(5) for dx in range(5)) / 25
+        writer.send(np.ascontiguousarray(np.round(frame).astype(np.uint8)))
+    writer.close()
+    return path
+
+
+def test_video_frames_are_the_sharpest_of_even_segments(clip: Path, tmp_path: Path) -> None:
+    picked = extract_frames(clip, tmp_path / "frames", N_KEPT)
+    assert picked["video_frames"] == N_CLIP and picked["frame_indices"] == SHARP
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"frame_{i:06d}.png" for i in SHARP]
+    # Fewer segments than frames asked of a short clip: every frame; --frame-size scales the longer side down.
+    picked = extract_frames(clip, tmp_path / "small", 100, max_size=32)
+    assert picked["frame_indices"] == list(range(N_CLIP))
+    assert Image.open(tmp_path / "small" / "frame_000000.png").size == (32, 24)
+
+
+def test_video_runs_the_sequential_matcher_on_the_chosen_frames(clip: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import pycolmap
+
+    calls = []
+
+    def extract(database, image_dir, image_names, **kwargs):
+        calls.append(("extract_features", list(image_names)))
+        calls.append(("sharpness", [sharpness(np.asarray(Image.open(Path(image_dir) / n))) for n in image_names]))
+
+    monkeypatch.setattr(pycolmap, "extract_features", extract)
+    monkeypatch.setattr(pycolmap, "match_sequential", lambda database: calls.append(("match_sequential",)))
+    monkeypatch.setattr(pycolmap, "match_exhaustive", lambda database: calls.append(("match_exhaustive",)))
+    monkeypatch.setattr(pycolmap, "incremental_mapping", lambda *args, **kwargs: {})  # SfM registers nothing
+    assert main(["--video", str(clip), str(tmp_path / "scene"), "--frames", str(N_KEPT)]) == 2
+    assert [c[0] for c in calls] == ["extract_features", "sharpness", "match_sequential"]
+    assert calls[0][1] == [f"frame_{i:06d}.png" for i in SHARP]
+    assert min(calls[1][1]) > 2 * max(sharpness(f) for f in _blurred_neighbours(clip))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "structure from motion registered 0 of 8 images" in err[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no scene, no frames folder left behind
+    # An explicit --matcher wins.
+    calls.clear()
+    assert main(["--video", str(clip), str(tmp_path / "scene"), "--frames", str(N_KEPT), "--matcher", "exhaustive"]) == 2
+    assert [c[0] for c in calls] == ["extract_features", "sharpness", "match_exhaustive"]
+
+
+def _blurred_neighbours(clip: Path) -> list[np.ndarray]:
+    """The clip's frames just after each sharp one (all blurred), decoded."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(clip))
+    next(reader)
+    frames = [np.frombuffer(data, np.uint8).reshape(48, 64, 3) for data in reader]
+    return [frames[i + 1] for i in SHARP if i + 1 < N_CLIP and i + 1 not in SHARP]
+
+
+def test_a_video_scene_keeps_its_frames(clip: Path, tmp_path: Path, monkeypatch) -> None:
+    import tools.colmap_scene as tool
+
+    def build(image_dir: Path, out_dir: Path, extra: dict, **options) -> dict:  # SfM stood in for: the scene is a folder
+        assert options["matcher"] == "sequential" and sorted(p.name for p in image_dir.iterdir())[0] == "frame_000000.png"
+        out_dir.mkdir()
+        return {**extra, "images": sorted(p.name for p in image_dir.iterdir()), "radius": 1.0, "radius_capped_by_cameras": False}
+
+    monkeypatch.setattr(tool, "build_scene", build)
+    assert main(["--video", str(clip), str(tmp_path / "scene"), "--frames", str(N_KEPT)]) == 0
+    assert sorted(p.name for p in (tmp_path / "scene" / "frames").iterdir()) == [f"frame_{i:06d}.png" for i in SHARP]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene"]  # the temporary frames folder became scene/frames
+
+
+@pytest.mark.parametrize("content, problem", [(None, "video file not found"),
+                                              (b"not a video at all", "not a readable video (Error opening input files")])
+def test_a_missing_or_bad_video_is_a_one_line_error(tmp_path: Path, capsys, content, problem) -> None:
+    video = tmp_path / "clip.mp4"
+    if content is not None:
+        video.write_bytes(content)
+    assert main(["--video", str(video), str(tmp_path / "scene")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {video}: {problem}") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if content is None else ["clip.mp4"])
