@@ -18,20 +18,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.geometry import RayBundle, image_rays, pixel_rays
 from datasets.scene import Scene
 from models.background import BackgroundField
 from models.cameras import Similarity, TrainableCameras, pose_errors
 from models.mesh import decimate, extract_mesh, largest_component
 from models.metrics import psnr, silhouette_iou
 from models.motion import RigidMotion
-from models.rays import RayBundle, image_rays, pixel_rays
 from models.samplers import OccupancyGrid
 from models.texture import bake_texture
 from systems.callbacks import StepSchedules
 from systems.config import BackgroundFieldConfig, Optim, Optimizer, Scheduler, as_section
-from systems.schedules import ScheduleClock
 from systems.mesh_io import save_cameras, save_mesh, save_textured_mesh
+from systems.schedules import ScheduleClock
 from systems.trust import build
 
 BACKGROUNDS = ("black", "white", "random", "learned", "nerf")
@@ -456,7 +456,7 @@ def curvature_loss(laplacian: torch.Tensor) -> torch.Tensor:
     return laplacian.abs().mean() if laplacian.numel() else laplacian.sum()
 
 
-def mask_loss(opacity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def opacity_mask_loss(opacity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy between rendered opacity (R,) and the masks (R,), the opacity clamped to
     [1e-3, 1 - 1e-3] so empty and solid pixels keep finite gradients; -> ()."""
     return F.binary_cross_entropy(opacity.clamp(1e-3, 1 - 1e-3), mask)

@@ -17,10 +17,11 @@ from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from scipy.spatial import cKDTree
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.io import atomic_write
 from models.mesh import decimate
 from models.metrics import chamfer_distance, downsample_points, dtu_official_distances, sample_surface_grid, visible_in_masks
-from systems.mesh_io import atomic_write, dtu_official_paths, load_dtu_official, load_reference, textured_files
+from systems.mesh_io import dtu_official_paths, load_dtu_official, load_reference, textured_files
 from systems.run_dir import load_weights
 
 log = logging.getLogger(__name__)
@@ -124,11 +125,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_weights(Path(path))
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 class TrainTime(pl.Callback):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import secrets
 from pathlib import Path
 from typing import NamedTuple
 
@@ -13,7 +11,8 @@ import scipy.io
 import trimesh
 from PIL import Image
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.io import atomic_write
 
 
 def _uint8_colors(colors: np.ndarray) -> np.ndarray:
@@ -80,22 +79,6 @@ def textured_files(mesh_path: str | Path) -> list[Path]:
     """The textured mesh files written beside ``mesh_path`` (:func:`save_textured_mesh` of ``<stem>_textured``) that exist."""
     path = Path(mesh_path)
     return [p for p in (path.with_name(f"{path.stem}_textured{ext}") for ext in (".obj", ".mtl", ".png", ".glb")) if p.is_file()]
-
-
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, sync it and rename it into place, so an
-    interrupted write never leaves a truncated file or a half-overwritten previous one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_cameras(path: str | Path, intrinsics: np.ndarray, c2w: np.ndarray, scale_mat: np.ndarray) -> None:
