@@ -23,10 +23,11 @@ from core.geometry import RayBundle, image_rays, pixel_rays
 from datasets.scene import Scene
 from models.background import BackgroundField
 from models.cameras import Similarity, TrainableCameras, pose_errors
+from models.interfaces import CameraRig
 from models.mesh import decimate, extract_mesh, largest_component
 from models.metrics import psnr, silhouette_iou
-from models.motion import RigidMotion
-from models.samplers import OccupancyGrid
+from models.motion import MovingObjectCameras, RigidMotion
+from models.neus import NeuSModel
 from models.texture import bake_texture
 from systems.callbacks import StepSchedules
 from systems.config import BackgroundFieldConfig, Optim, Optimizer, Scheduler, as_section
@@ -54,7 +55,7 @@ class BaseSystem(pl.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        cameras: nn.Module,
+        cameras: CameraRig,
         scene: Scene,
         name: str = "",
         background: str = "black",
@@ -262,8 +263,7 @@ class BaseSystem(pl.LightningModule):
     @property
     def object_motion(self) -> RigidMotion | None:
         """A sequence frame's rigid object motion (its cameras' ``motion``), or None."""
-        motion = getattr(self.cameras, "motion", None)
-        return motion if isinstance(motion, RigidMotion) else None
+        return self.cameras.motion if isinstance(self.cameras, MovingObjectCameras) else None
 
     @property
     def trainable_cameras(self) -> bool:
@@ -392,9 +392,9 @@ class BaseSystem(pl.LightningModule):
     def empty_space(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """(P, 3) -> (P,) bool: points in the space the renderer skips as empty, the exterior of the
         model's occupancy grid (:meth:`OccupancyGrid.exterior`); None without a grid (IDR)."""
-        grid = getattr(self.model, "grid", None)
-        if not isinstance(grid, OccupancyGrid):
+        if not isinstance(self.model, NeuSModel):
             return None
+        grid = self.model.grid
         exterior = grid.exterior()
         return lambda x: grid.lookup(x, exterior)
 

@@ -19,6 +19,7 @@ from scipy.spatial import cKDTree
 
 from core.errors import InputError
 from core.io import atomic_write
+from models.interfaces import StepHook
 from models.mesh import decimate
 from models.metrics import chamfer_distance, downsample_points, dtu_official_distances, sample_surface_grid, visible_in_masks
 from systems.mesh_io import dtu_official_paths, load_dtu_official, load_reference, textured_files
@@ -32,7 +33,7 @@ PROTOCOLS = ("masked", "dtu_official")
 
 class StepSchedules(pl.Callback):
     """The one mechanism for what changes with the training step: before each step, every part of the
-    system with an ``update_step(epoch, step)`` hook sets itself for that step: the system (NeuS's
+    system with an ``update_step(epoch, step)`` hook (:class:`~models.interfaces.StepHook`) sets itself for that step: the system (NeuS's
     cosine annealing, IDR's mask-loss sharpness), the encoders (progressive levels, BARF's window),
     the occupancy grid. Loss weights are schedules evaluated at the step where they are used
     (``systems.schedules``). Systems attach this callback themselves (``configure_callbacks``), so
@@ -43,7 +44,7 @@ class StepSchedules(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         step = pl_module.schedule_step_of(trainer.global_step)
         for module in pl_module.modules():
-            if hasattr(module, "update_step"):
+            if isinstance(module, StepHook):
                 module.update_step(trainer.current_epoch, step)
 
 
