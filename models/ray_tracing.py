@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+
 import torch
 
 from core.geometry import intersect_sphere

@@ -33,10 +33,10 @@ PROTOCOLS = ("masked", "dtu_official")
 
 class StepSchedules(pl.Callback):
     """The one mechanism for what changes with the training step: before each step, every part of the
-    system with an ``update_step(epoch, step)`` hook (:class:`~models.interfaces.StepHook`) sets itself for that step: the system (NeuS's
-    cosine annealing, IDR's mask-loss sharpness), the encoders (progressive levels, BARF's window),
-    the occupancy grid. Loss weights are schedules evaluated at the step where they are used
-    (``systems.schedules``). Systems attach this callback themselves (``configure_callbacks``), so
+    system with an ``update_step(epoch, step)`` hook (:class:`~models.interfaces.StepHook`) sets itself
+    for that step: the system (NeuS's cosine annealing, IDR's mask-loss sharpness), the encoders
+    (progressive levels, BARF's window), the occupancy grid. Loss weights are schedules evaluated at
+    the step where they are used (``systems.schedules``). Systems attach this callback themselves (``configure_callbacks``), so
     every Trainer that fits one runs it, and a resumed run starts at its saved step. The step is the
     system's schedule step (``BaseSystem.schedule_step_of``: stretched by a time budget, offset by a
     sequence's earlier frames)."""

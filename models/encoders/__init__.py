@@ -2,7 +2,8 @@
 features whose first three columns are the raw coordinates (so geometric initialisation holds).
 
 The interface is :class:`models.interfaces.Encoder` (``out_dim``, called on points); optional parts are
-:class:`~models.interfaces.JacobianEncoder` (``has_jacobian``, ``forward_with_jacobian(x) -> (enc (N, D), jac (N, D, 3))``),
+:class:`~models.interfaces.JacobianEncoder` (``has_jacobian``,
+``forward_with_jacobian(x) -> (enc (N, D), jac (N, D, 3))``),
 :class:`~models.interfaces.StepHook` (``update_step(epoch, step)``) and :class:`~models.interfaces.LevelledEncoder`
 (``bound``, ``finest_active_resolution``). Multi-level encoders (``ProgressiveLevels``) also expose ``level_mask``
 and ``set_active_levels``.
