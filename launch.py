@@ -32,7 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from datasets.errors import InputError, one_line
+from core.errors import InputError, one_line
 from datasets.scene import Scene
 from datasets.sequence import Sequence
 from models.cameras import FixedCameras
@@ -41,7 +41,7 @@ from systems.config import SequenceSettings, as_section, check_sections, check_t
 from systems.config import Viewer as ViewerSettings
 from systems.callbacks import (AtomicCheckpointIO, Evaluation, MeshExport, ScaledSchedules, StopReason, TerminateTestOnSigterm, TimeBudget, TrainTime,
                                exit_on_sigterm, flatten, resume_hint)
-from systems.inspect import inspect_init, transfer
+from systems.visual_checks import inspect_init, transfer
 from systems.quiet import quiet_libraries
 from systems.trust import build, check_run_targets, check_saved_overrides, read_saved_overrides, trust_command_line
 from systems.sequence import moving_cameras, train_sequence

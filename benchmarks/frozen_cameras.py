@@ -25,7 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 import launch  # noqa: E402
-from systems.base import mask_loss  # noqa: E402
+from systems.base import opacity_mask_loss  # noqa: E402
 from systems.run_dir import load_weights  # noqa: E402
 
 NOISE = {"rotation_deg": 3.0, "translation": 0.02, "seed": 0}
@@ -60,7 +60,7 @@ def converge(run: Path, overrides: dict, lr: float, steps: int, every: int, rays
         out = system.model.render(batch, background, 1.0, stratified=True, create_graph=True)
         loss = F.l1_loss(out["rgb"], target)
         if mask is not None:
-            loss = loss + mask_weight * mask_loss(out["opacity"], mask)
+            loss = loss + mask_weight * opacity_mask_loss(out["opacity"], mask)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -50,11 +50,11 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir()
 
 from benchmarks import speed  # noqa: E402
 from benchmarks.quality import device_name, launch, publish  # noqa: E402
+from core.geometry import RayBundle  # noqa: E402
 from models.encoders import HashGridEncoder  # noqa: E402
 from models.encoders.fused_hashgrid import fused_available, fused_hash_encode  # noqa: E402
 from models.encoders.hashgrid import level_growth  # noqa: E402
 from models.encoders.tcnn import INSTALL_HINT, TcnnHashGrid, import_tcnn  # noqa: E402
-from models.rays import RayBundle  # noqa: E402
 from models.renderers import packed_weights  # noqa: E402
 from models.samplers import NerfaccOccupancyGrid, OccupancyGrid, nerfacc_or_none  # noqa: E402
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.errors import InputError
+from core.errors import InputError
 from datasets.npz import check_masks, read_images
 from datasets.scene import Scene
 

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.errors import InputError
 from datasets.blender import _GL_TO_CV, _field
-from datasets.errors import InputError
 from datasets.npz import check_masks, read_images
 from datasets.scene import Scene, ground_truth_path, split_views
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from scipy.linalg import rq
 
-from datasets.errors import InputError
+from core.errors import InputError
 from datasets.scene import Scene, ground_truth_path, split_views
 
 CAMERA_FILES = ("cameras_sphere.npz", "cameras.npz")

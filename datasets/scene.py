@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.errors import InputError
+from core.errors import InputError
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.errors import InputError
+from core.errors import InputError
 from datasets.ngp import find_transforms, load_ngp_scene, read_transforms
 from datasets.npz import CAMERA_FILES, IMAGE_SUFFIXES, load_npz_scene, read_cameras
 from datasets.scene import Scene

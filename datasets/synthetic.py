@@ -24,9 +24,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,11 +34,13 @@ import torch
 import trimesh
 from PIL import Image
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.geometry import image_rays, look_at
+from core.io import atomic_folder
+from core.tracing import sdf_normals, sphere_trace
 from datasets.npz import load_npz_scene
 from datasets.scene import Scene
 from datasets.sequence import SEQUENCE_FILE, Sequence, load_sequence
-from models.rays import image_rays, intersect_sphere
 
 FORMAT_VERSION = 2
 SEQUENCE_FORMAT_VERSION = 1
@@ -238,31 +237,6 @@ def albedo(points: torch.Tensor, shape: str = DEFAULT_SHAPE) -> torch.Tensor:
     return SHAPES[shape][1](points)
 
 
-def _normals(sdf: Field, points: torch.Tensor, h: float = 1e-3) -> torch.Tensor:
-    """Unit SDF gradients (P, 3) by central differences."""
-    offsets = torch.eye(3, dtype=points.dtype) * h
-    grad = torch.stack([sdf(points + o) - sdf(points - o) for o in offsets], dim=-1)
-    return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def _sphere_trace(sdf: Field, origins: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """March (R, 3) rays from their bounding-sphere entry; returns hit distances (R,) and hit flags (R,).
-
-    Rays still marching after the step budget graze the silhouette; they count as hits when within _GRAZE_EPS.
-    """
-    t, far, active = intersect_sphere(origins, dirs, BOUND_RADIUS)
-    dist = torch.full_like(t, math.inf)
-    for _ in range(_MAX_STEPS):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        step = sdf(origins[idx] + t[idx, None] * dirs[idx])
-        t[idx] += step
-        dist[idx] = step
-        active[idx[(step < _HIT_EPS) | (t[idx] > far[idx])]] = False
-    return t, (dist < _GRAZE_EPS) & (t <= far)
-
-
 def _render(K: np.ndarray, c2w: np.ndarray, width: int, height: int, sdf: Field, colours: Field
             ) -> tuple[np.ndarray, np.ndarray]:
     """One view of the surface of ``sdf`` (P, 3) -> (P,) (a distance lower bound) with albedo ``colours``
@@ -271,26 +245,15 @@ def _render(K: np.ndarray, c2w: np.ndarray, width: int, height: int, sdf: Field,
     K_sub = K.copy()
     K_sub[:2] *= s  # subpixel grid: pixel u spans subpixels [s u, s u + s)
     rays = image_rays(torch.from_numpy(K_sub).float(), torch.from_numpy(c2w).float(), height * s, width * s)
-    t, hit = _sphere_trace(sdf, rays.origins, rays.directions)
+    t, hit = sphere_trace(sdf, rays.origins, rays.directions, BOUND_RADIUS, _HIT_EPS, _GRAZE_EPS, _MAX_STEPS)
     points = rays.origins[hit] + t[hit, None] * rays.directions[hit]
     light = torch.nn.functional.normalize(torch.tensor(LIGHT_DIR), dim=0)
-    shade = 0.25 + 0.75 * (_normals(sdf, points) @ light).clamp_min(0.0)
+    shade = 0.25 + 0.75 * (sdf_normals(sdf, points, h=1e-3) @ light).clamp_min(0.0)
     colour = torch.zeros(hit.shape[0], 3)
     colour[hit] = colours(points) * shade[:, None]
     colour = colour.reshape(height, s, width, s, 3).mean(dim=(1, 3))
     coverage = hit.float().reshape(height, s, width, s).mean(dim=(1, 3))
     return colour.numpy(), coverage.numpy()
-
-
-def _look_at(centre: np.ndarray) -> np.ndarray:
-    """(4, 4) OpenCV camera-to-world at ``centre`` looking at the origin with world z up."""
-    forward = -centre / np.linalg.norm(centre)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    c2w = np.eye(4)
-    c2w[:3, :3] = np.stack([right, np.cross(forward, right), forward], axis=1)
-    c2w[:3, 3] = centre
-    return c2w
 
 
 def camera_rig(n_views: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -306,7 +269,8 @@ def camera_rig(n_views: int, width: int, height: int) -> tuple[np.ndarray, np.nd
     elevation = np.arcsin(lo + (hi - lo) * (i + 0.5) / n_views)
     azimuth = i * math.pi * (3.0 - math.sqrt(5.0))
     dirs = np.stack([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)], 1)
-    return K, np.stack([_look_at(CAMERA_DISTANCE * d) for d in dirs])
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    return K, np.stack([look_at(torch.from_numpy(CAMERA_DISTANCE * d), up).numpy() for d in dirs])
 
 
 def _gt_mesh(scale_mat: np.ndarray, sdf: Field) -> trimesh.Trimesh:
@@ -371,24 +335,16 @@ def _scene_params(n_views: int, width: int, height: int, world_scale: float, sha
 
 
 def _write_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """Let ``write`` fill a temporary sibling folder, then rename it to ``out_dir`` (never a half scene).
-
-    If ``out_dir`` appears meanwhile (a concurrent generation), it is kept: generation is deterministic.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
+    """Let ``write`` fill the folder that then appears as ``out_dir`` (:func:`core.io.atomic_folder`, never a half
+    scene), on one torch thread. If ``out_dir`` appears meanwhile (a concurrent generation), it is kept: generation
+    is deterministic."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # many small kernels: one thread is faster, and several thrash on a busy CPU
     try:
-        write(tmp)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not out_dir.is_dir():
-                raise
+        with atomic_folder(out_dir, keep_concurrent=True) as folder:
+            write(folder)
     finally:
         torch.set_num_threads(threads)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _generate(out_dir: Path, n_views: int, width: int, height: int, world_scale: float, shape: str) -> None:

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.geometry import RayBundle
 from models.encoders import FrequencyEncoder
 from models.encoders.spherical_harmonics import spherical_harmonics
-from models.rays import RayBundle
 
 
 def inverted_sphere(points: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from models.encoders.spherical_harmonics import spherical_harmonics
+from models.interfaces import Encoder, LevelledEncoder, jacobian_of
 
 GRAD_TYPES = ("analytic", "finite_difference")
 
@@ -55,7 +56,7 @@ class SDFField(nn.Module):
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: Encoder,
         hidden_dim: int = 64,
         n_layers: int = 2,
         feature_dim: int = 15,
@@ -126,10 +127,9 @@ class SDFField(nn.Module):
     def finite_difference_step(self) -> float:
         """Step h of the finite differences: half a cell of the encoder's finest active level
         (``bound / finest_active_resolution``) or ``fd_step`` for encoders without levels."""
-        resolution = getattr(self.encoder, "finest_active_resolution", None)
-        if resolution is None:
+        if not isinstance(self.encoder, LevelledEncoder):
             return self.fd_step
-        return float(getattr(self.encoder, "bound", 1.0)) / float(resolution)
+        return float(self.encoder.bound) / float(self.encoder.finest_active_resolution)
 
     def forward_with_gradient(self, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """sdf (N,), feature (N, C) and the spatial gradient of the sdf (N, 3), as ``grad_type`` says.
@@ -179,8 +179,9 @@ class SDFField(nn.Module):
         (d sdf / d enc) @ (d enc / d x): autograd only differentiates the small MLP, never the
         encoder's gather."""
         with torch.enable_grad():
-            if hasattr(self.encoder, "forward_with_jacobian"):
-                enc, jac = self.encoder.forward_with_jacobian(x)
+            jacobian = jacobian_of(self.encoder)
+            if jacobian is not None:
+                enc, jac = jacobian(x)
                 if not enc.requires_grad:
                     enc.requires_grad_(True)
                 out = self._mlp(enc)

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.geometry import RayBundle
 from models.fields import ColorField, SDFField, weights_computed_once
 from models.ray_tracing import SphereTracer, differentiable_surface_points
-from models.rays import RayBundle
 
 
 class IDRModel(nn.Module):

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.geometry import RayBundle
 from models.fields import ColorField, InverseVariance, SDFField
-from models.rays import RayBundle
 from models.renderers import accumulate, neus_alpha, packed_weights
 from models.samplers import OccupancyGrid, RaySamples
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import torch
 
-from models.rays import intersect_sphere
-
-SdfFn = Callable[[torch.Tensor], torch.Tensor]
-"""Maps points (P, 3) to signed distances (P,)."""
+from core.geometry import intersect_sphere
+from core.tracing import SdfFn, sdf_gradient
 
 
 @dataclass
@@ -205,9 +202,7 @@ def differentiable_surface_points(
     """
     t0 = t0.detach()
     x0 = origins + t0[:, None] * directions
-    with torch.enable_grad():
-        x = x0.detach().requires_grad_(True)
-        (normal,) = torch.autograd.grad(sdf_fn(x).sum(), x)
+    normal = sdf_gradient(sdf_fn, x0)
     f = sdf_fn(x0)
     normal_dot_v = (normal * directions.detach()).sum(-1)
     return x0 - directions * ((f - f.detach()) / normal_dot_v)[:, None]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from models.rays import RayBundle, intersect_sphere
+from core.geometry import RayBundle, intersect_sphere
 
 
 @dataclass

@@ -18,20 +18,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.geometry import RayBundle, image_rays, pixel_rays
 from datasets.scene import Scene
 from models.background import BackgroundField
 from models.cameras import Similarity, TrainableCameras, pose_errors
+from models.interfaces import CameraRig
 from models.mesh import decimate, extract_mesh, largest_component
 from models.metrics import psnr, sample_surface, silhouette_iou
-from models.motion import RigidMotion
-from models.rays import RayBundle, image_rays, pixel_rays
-from models.samplers import OccupancyGrid
+from models.motion import MovingObjectCameras, RigidMotion
+from models.neus import NeuSModel
 from models.texture import bake_texture
 from systems.callbacks import StepSchedules
 from systems.config import BackgroundFieldConfig, Optim, Optimizer, Scheduler, as_section
-from systems.schedules import ScheduleClock
 from systems.mesh_io import point_cloud_path, save_cameras, save_mesh, save_point_cloud, save_textured_mesh
+from systems.schedules import ScheduleClock
 from systems.trust import build
 
 BACKGROUNDS = ("black", "white", "random", "learned", "nerf")
@@ -54,7 +55,7 @@ class BaseSystem(pl.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        cameras: nn.Module,
+        cameras: CameraRig,
         scene: Scene,
         name: str = "",
         background: str = "black",
@@ -262,8 +263,7 @@ class BaseSystem(pl.LightningModule):
     @property
     def object_motion(self) -> RigidMotion | None:
         """A sequence frame's rigid object motion (its cameras' ``motion``), or None."""
-        motion = getattr(self.cameras, "motion", None)
-        return motion if isinstance(motion, RigidMotion) else None
+        return self.cameras.motion if isinstance(self.cameras, MovingObjectCameras) else None
 
     @property
     def trainable_cameras(self) -> bool:
@@ -397,9 +397,9 @@ class BaseSystem(pl.LightningModule):
     def empty_space(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """(P, 3) -> (P,) bool: points in the space the renderer skips as empty, the exterior of the
         model's occupancy grid (:meth:`OccupancyGrid.exterior`); None without a grid (IDR)."""
-        grid = getattr(self.model, "grid", None)
-        if not isinstance(grid, OccupancyGrid):
+        if not isinstance(self.model, NeuSModel):
             return None
+        grid = self.model.grid
         exterior = grid.exterior()
         return lambda x: grid.lookup(x, exterior)
 
@@ -489,7 +489,7 @@ def curvature_loss(laplacian: torch.Tensor) -> torch.Tensor:
     return laplacian.abs().mean() if laplacian.numel() else laplacian.sum()
 
 
-def mask_loss(opacity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def opacity_mask_loss(opacity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy between rendered opacity (R,) and the masks (R,), the opacity clamped to
     [1e-3, 1 - 1e-3] so empty and solid pixels keep finite gradients; -> ()."""
     return F.binary_cross_entropy(opacity.clamp(1e-3, 1 - 1e-3), mask)

@@ -17,11 +17,12 @@ from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from scipy.spatial import cKDTree
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.io import atomic_write
+from models.interfaces import StepHook
 from models.mesh import decimate
 from models.metrics import chamfer_distance, downsample_points, dtu_official_distances, sample_surface_grid, visible_in_masks
-from systems.mesh_io import (atomic_write, dtu_official_paths, load_dtu_official, load_reference, point_cloud_path,
-                             textured_files)
+from systems.mesh_io import dtu_official_paths, load_dtu_official, load_reference, point_cloud_path, textured_files
 from systems.run_dir import load_weights
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,10 @@ PROTOCOLS = ("masked", "dtu_official")
 
 class StepSchedules(pl.Callback):
     """The one mechanism for what changes with the training step: before each step, every part of the
-    system with an ``update_step(epoch, step)`` hook sets itself for that step: the system (NeuS's
-    cosine annealing, IDR's mask-loss sharpness), the encoders (progressive levels, BARF's window),
-    the occupancy grid. Loss weights are schedules evaluated at the step where they are used
-    (``systems.schedules``). Systems attach this callback themselves (``configure_callbacks``), so
+    system with an ``update_step(epoch, step)`` hook (:class:`~models.interfaces.StepHook`) sets itself
+    for that step: the system (NeuS's cosine annealing, IDR's mask-loss sharpness), the encoders
+    (progressive levels, BARF's window), the occupancy grid. Loss weights are schedules evaluated at
+    the step where they are used (``systems.schedules``). Systems attach this callback themselves (``configure_callbacks``), so
     every Trainer that fits one runs it, and a resumed run starts at its saved step. The step is the
     system's schedule step (``BaseSystem.schedule_step_of``: stretched by a time budget, offset by a
     sequence's earlier frames)."""
@@ -43,7 +44,7 @@ class StepSchedules(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         step = pl_module.schedule_step_of(trainer.global_step)
         for module in pl_module.modules():
-            if hasattr(module, "update_step"):
+            if isinstance(module, StepHook):
                 module.update_step(trainer.current_epoch, step)
 
 
@@ -140,11 +141,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_weights(Path(path))
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 class TrainTime(pl.Callback):

@@ -22,7 +22,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_method
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
-from datasets.errors import InputError
+from core.errors import InputError
 
 from systems.schedules import scheduled
 

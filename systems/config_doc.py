@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from datasets.errors import InputError, one_line
+from core.errors import InputError, one_line
 
 Comments = dict[tuple[str, ...], str]  # key path -> one-line comment
 _YAML_KEY = re.compile(r"^( *)(- )?([A-Za-z_][\w-]*):(?: |$)")

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.geometry import RayBundle
 from models.idr import IDRModel, mask_loss
-from models.rays import RayBundle
 from systems.base import BaseSystem, curvature_loss, log_scalars
 from systems.config import IDRLoss, IDROptim, IDROptimizer, as_section
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import secrets
 from pathlib import Path
 from typing import NamedTuple
 
@@ -13,7 +11,8 @@ import scipy.io
 import trimesh
 from PIL import Image
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.io import atomic_write
 
 
 def _uint8_colors(colors: np.ndarray) -> np.ndarray:
@@ -105,22 +104,6 @@ def save_point_cloud(path: str | Path, points: np.ndarray, normals: np.ndarray, 
     header = "".join(f"property {'float' if kind == '<f4' else 'uchar'} {key}\n" for key, kind in fields)
     header = f"ply\nformat binary_little_endian 1.0\nelement vertex {len(records)}\n{header}end_header\n"
     atomic_write(path, header.encode() + records.tobytes())
-
-
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, sync it and rename it into place, so an
-    interrupted write never leaves a truncated file or a half-overwritten previous one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_cameras(path: str | Path, intrinsics: np.ndarray, c2w: np.ndarray, scale_mat: np.ndarray) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.geometry import RayBundle
 from models.neus import NeuSModel
-from models.rays import RayBundle
-from systems.base import BaseSystem, curvature_loss, log_scalars, mask_loss
+from systems.base import BaseSystem, curvature_loss, log_scalars, opacity_mask_loss
 from systems.config import NeuSLoss, Rays, VisualHull, as_section
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class NeuSSystem(BaseSystem):
         if w["eikonal"] > 0:
             losses["eikonal"] = self.eikonal_loss(out["sample_grad"], self.loss_cfg.eikonal_points)
         if mask is not None and w["mask"] > 0:
-            losses["mask"] = mask_loss(out["opacity"], mask)
+            losses["mask"] = opacity_mask_loss(out["opacity"], mask)
         if w["curvature"] > 0:
             losses["curvature"] = curvature_loss(out["sample_laplacian"])
         total = sum(w[k] * v for k, v in losses.items())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from datasets.errors import InputError
+from core.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.io import atomic_write
 from datasets.scene import Scene
 from datasets.sequence import Sequence
 from models.cameras import rotation_angle_deg
@@ -34,7 +35,6 @@ from models.motion import MovingObjectCameras, RigidMotion
 from systems.base import BaseSystem
 from systems.callbacks import Evaluation, MeshExport, write_json
 from systems.config import SequenceSettings
-from systems.mesh_io import atomic_write
 from systems.run_dir import load_weights, newest_checkpoint, remove_temporaries
 from systems.video import write_video
 

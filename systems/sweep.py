@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from systems.mesh_io import atomic_write
+from core.io import atomic_write
 
 FAILED_JOBS_FILE = "failed_jobs.txt"
 _LINE = re.compile(r"job (\d+): ")

@@ -22,7 +22,7 @@ from hydra._internal.utils import _locate
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from datasets.errors import InputError
+from core.errors import InputError
 
 # Packages whose classes and functions a saved config may name (ours, optimisers and LR schedulers,
 # Lightning's callbacks and loggers), and single names besides.

@@ -11,22 +11,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.geometry import look_at
+from core.io import atomic_write
 from models.cameras import matrix_to_quaternion, quaternion_to_matrix
 from systems.base import BaseSystem, visualise
-from systems.mesh_io import atomic_write
 
 PATHS = ("turntable", "cameras", "both")
-
-
-def look_at(centre: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """(4, 4) OpenCV camera-to-world at ``centre`` (3,) looking at the origin, ``up`` (3,) pointing up in the image."""
-    forward = -F.normalize(centre, dim=0)
-    right = F.normalize(torch.linalg.cross(forward, up), dim=0)
-    c2w = torch.eye(4, device=centre.device, dtype=centre.dtype)
-    c2w[:3, :3] = torch.stack([right, torch.linalg.cross(forward, right), forward], 1)
-    c2w[:3, 3] = centre
-    return c2w
 
 
 def _azimuths(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

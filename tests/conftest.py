@@ -104,7 +104,7 @@ def mask_centroid_rays():
     """A function ``scene -> (centroids (N, 2) pixel coordinates, RayBundle of the N rays through them)``."""
     import torch
 
-    from models.rays import pixel_rays
+    from core.geometry import pixel_rays
 
     def centroid_rays(scene):
         masks = scene.masks.double()

@@ -18,7 +18,7 @@ import yaml
 from scipy.spatial import cKDTree
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from datasets.errors import InputError
+from core.errors import InputError
 from systems.run_dir import folder_state
 
 @pytest.fixture(scope="module")

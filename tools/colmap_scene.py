@@ -46,10 +46,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.io import atomic_folder, atomic_write
 from datasets.npz import list_images, read_image
 from models.cameras import axes_meeting_point
-from systems.mesh_io import atomic_write, save_cameras
+from systems.mesh_io import save_cameras
 
 CAMERA_MODELS = ("PINHOLE", "SIMPLE_RADIAL", "OPENCV")
 MATCHERS = ("exhaustive", "sequential")
@@ -322,9 +323,7 @@ def build_scene(image_dir: Path, out_dir: Path, camera_model: str = "SIMPLE_RADI
     if len(names) < MIN_IMAGES:
         raise InputError(image_dir, f"{len(names)} images; structure from motion needs at least {MIN_IMAGES}")
     check_out_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as work:  # an empty out_dir (checked above) is replaced by the finished scene
         if sparse is None:
             (work / "colmap").mkdir()
             model, reconstruction = run_sfm(image_dir, names, work / "colmap", camera_model, matcher, max_size)
@@ -353,11 +352,6 @@ def build_scene(image_dir: Path, out_dir: Path, camera_model: str = "SIMPLE_RADI
                    "radius_capped_by_cameras": norm.capped, "points_used": norm.points_used,
                    "sparse": model, **(extra or {})}
         atomic_write(work / "colmap_images.json", (json.dumps(summary, indent=2) + "\n").encode())
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above): replaced by the finished scene
-        work.rename(out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return summary
 
 

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.io import atomic_folder
 from datasets.ngp import SPLIT_FILES, TRANSFORM_FILES, find_transforms, load_ngp_scene, read_transforms
 from datasets.npz import CAMERA_FILES, load_npz_scene, read_cameras
 from systems.mesh_io import save_cameras
@@ -92,16 +91,10 @@ def convert(src: str | Path, out: str | Path) -> str:
         raise InputError(str(src), "holds both a camera npz and a transforms json; keep only the one to convert from"
                          if has_npz else "neither a NeuS/IDR scene (cameras_sphere.npz or cameras.npz) nor an "
                                          "instant-ngp/NeuS2 one (transforms.json)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
-    try:
-        n_views = (npz_to_neus2 if has_npz else neus2_to_npz)(src, tmp)
+    with atomic_folder(out) as folder:
+        n_views = (npz_to_neus2 if has_npz else neus2_to_npz)(src, folder)
         if (src / "gt_mesh.ply").is_file():
-            shutil.copy2(src / "gt_mesh.ply", tmp / "gt_mesh.ply")
-        os.chmod(tmp, 0o755)  # mkdtemp's folder is private
-        os.replace(tmp, out)  # replaces an empty folder, never a non-empty one
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copy2(src / "gt_mesh.ply", folder / "gt_mesh.ply")
     return f"{n_views} views -> {out} ({'NeuS2 transform.json' if has_npz else 'NeuS cameras_sphere.npz'})"
 
 

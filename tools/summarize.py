@@ -25,8 +25,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from datasets.errors import InputError
-from systems.mesh_io import atomic_write
+from core.errors import InputError
+from core.io import atomic_write
 from systems.sweep import failed_jobs
 
 # Metrics shown first, in this order, when a job has them; any other number follows.

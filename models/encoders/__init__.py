@@ -1,10 +1,12 @@
 """Input encoders. Each maps points in the normalised frame, (N, 3) in [-1, 1], to (N, out_dim)
 features whose first three columns are the raw coordinates (so geometric initialisation holds).
 
-Optional hooks the fields and systems use when present:
-``forward_with_jacobian(x) -> (enc (N, D), jac (N, D, 3))`` and ``update_step(epoch, step)``.
-Multi-level encoders (``ProgressiveLevels``) also expose ``level_mask``, ``set_active_levels`` and
-``finest_active_resolution``.
+The interface is :class:`models.interfaces.Encoder` (``out_dim``, called on points); optional parts are
+:class:`~models.interfaces.JacobianEncoder` (``has_jacobian``,
+``forward_with_jacobian(x) -> (enc (N, D), jac (N, D, 3))``),
+:class:`~models.interfaces.StepHook` (``update_step(epoch, step)``) and :class:`~models.interfaces.LevelledEncoder`
+(``bound``, ``finest_active_resolution``). Multi-level encoders (``ProgressiveLevels``) also expose ``level_mask``
+and ``set_active_levels``.
 """
 from models.encoders.frequency import FrequencyEncoder
 from models.encoders.hashgrid import HashGridEncoder

@@ -21,6 +21,7 @@ class FrequencyEncoder(nn.Module):
         self.n_frequencies, self.in_dim = n_frequencies, in_dim
         self.window_start, self.window_end = window_start, window_end
         self.out_dim = in_dim * (1 + 2 * n_frequencies)
+        self.has_jacobian = True  # forward_with_jacobian (models.interfaces.JacobianEncoder)
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_frequencies, dtype=torch.float32))
         self.register_buffer("window", torch.ones(n_frequencies))
 

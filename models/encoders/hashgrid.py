@@ -4,7 +4,6 @@ tiny-cuda-nn backend."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -139,12 +138,15 @@ class HashGridEncoder(ProgressiveLevels):
         return self._interpolate(x, self.table[idx], self._combine(w[:, :, 0], w[:, :, 1], w[:, :, 2]))
 
     @property
-    def forward_with_jacobian(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """``x (N, 3) -> (encoding (N, D), its Jacobian w.r.t. x (N, D, 3))`` from one set of corner
-        lookups. Absent (AttributeError) on the tcnn backend, so fields use autograd there."""
-        if self.backend == "tcnn":
-            raise AttributeError("the tcnn backend has no analytic Jacobian")
-        return self._jacobian
+    def has_jacobian(self) -> bool:
+        """Whether :meth:`forward_with_jacobian` works: on every back end but tcnn (fields use autograd there)."""
+        return self.backend != "tcnn"
+
+    def forward_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (N, 3) -> (encoding (N, D), its Jacobian w.r.t. x (N, D, 3))`` from one set of corner lookups."""
+        if not self.has_jacobian:
+            raise RuntimeError("the tcnn backend has no analytic Jacobian (see has_jacobian)")
+        return self._jacobian(x)
 
     def _encode_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx, w, dw = self._corners(x)

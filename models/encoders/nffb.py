@@ -3,7 +3,6 @@ arXiv 2212.01735), 3D SDF variant, with an analytic input Jacobian."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -78,12 +77,15 @@ class NFFBEncoder(ProgressiveLevels):
         return self._encode(x, jacobian=False)[0]
 
     @property
-    def forward_with_jacobian(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """``x (N, 3) -> (encoding (N, D), its Jacobian w.r.t. x (N, D, 3))``; absent
-        (AttributeError) when the grid has no analytic Jacobian (tcnn backend)."""
-        if not hasattr(self.grid, "forward_with_jacobian"):
-            raise AttributeError("the tcnn backend has no analytic Jacobian")
-        return self._jacobian
+    def has_jacobian(self) -> bool:
+        """Whether :meth:`forward_with_jacobian` works: when the grid's does (not on the tcnn backend)."""
+        return self.grid.has_jacobian
+
+    def forward_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (N, 3) -> (encoding (N, D), its Jacobian w.r.t. x (N, D, 3))``."""
+        if not self.has_jacobian:
+            raise RuntimeError("the tcnn backend has no analytic Jacobian (see has_jacobian)")
+        return self._jacobian(x)
 
     def _encode_with_jacobian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._encode(x, jacobian=True)

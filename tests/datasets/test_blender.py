@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from core.errors import InputError
 from datasets.blender import load_blender_scene
-from datasets.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.errors import InputError
+from core.errors import InputError
 from datasets.ngp import load_ngp_scene
 from datasets.npz import load_npz_scene
 from tools.convert_scene import convert

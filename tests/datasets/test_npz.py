@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from datasets.errors import InputError
+from core.errors import InputError
 from datasets.npz import decompose_projection, load_npz_scene
 from datasets.synthetic import camera_rig
 

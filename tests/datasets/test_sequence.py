@@ -14,8 +14,8 @@ import trimesh
 from scipy.ndimage import binary_dilation
 from scipy.spatial import cKDTree
 
+from core.errors import InputError
 from datasets import synthetic
-from datasets.errors import InputError
 from datasets.npz import load_npz_scene
 from datasets.sequence import load_sequence
 from tools.convert_scene import convert

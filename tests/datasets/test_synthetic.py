@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
+from core.errors import InputError
 from datasets import synthetic
-from datasets.errors import InputError
 from datasets.npz import load_npz_scene
 
 SMALL = {"n_views": 6, "width": 64, "height": 48}

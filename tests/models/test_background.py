@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.geometry import RayBundle
 from models.background import BackgroundField, background_samples, inverted_sphere
-from models.rays import RayBundle
 
 
 def mixed_rays() -> RayBundle:

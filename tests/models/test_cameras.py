@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 
+from core.geometry import look_at as look_at_origin
+from core.geometry import pixel_rays
 from models.cameras import (
     FixedCameras,
     Similarity,
@@ -19,8 +21,6 @@ from models.cameras import (
     so3_exp,
     umeyama,
 )
-from models.rays import pixel_rays
-from systems.video import look_at as look_at_origin
 
 
 def random_rotations(n: int, seed: int = 0) -> torch.Tensor:

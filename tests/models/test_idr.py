@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.geometry import RayBundle, intersect_sphere
 from models.encoders import FrequencyEncoder
 from models.fields import ColorField, SDFField
 from models.idr import IDRModel, mask_loss
 from models.ray_tracing import SphereTracer
-from models.rays import RayBundle, intersect_sphere
 
 
 class SphereGeometry(nn.Module):

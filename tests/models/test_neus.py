@@ -4,7 +4,7 @@ import torch
 from models.encoders import FrequencyEncoder
 from models.fields import ColorField, InverseVariance, SDFField
 from models.neus import NeuSModel
-from models.rays import RayBundle
+from core.geometry import RayBundle
 from models.samplers import OccupancyGrid
 
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from core.geometry import RayBundle
 from models.encoders import FrequencyEncoder
 from models.fields import ColorField, InverseVariance, SDFField
 from models.neus import NeuSModel
-from models.rays import RayBundle
 from models.renderers import accumulate, neus_alpha, packed_weights
 from models.samplers import NerfaccOccupancyGrid, OccupancyGrid, nerfacc_or_none
 

@@ -5,9 +5,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from core.geometry import RayBundle, intersect_sphere
 from datasets.npz import load_npz_scene
 from datasets.synthetic import scene_sdf
-from models.rays import RayBundle, intersect_sphere
 from models.samplers import NerfaccOccupancyGrid, OccupancyGrid, make_occupancy_grid, nerfacc_or_none
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or nerfacc_or_none() is None,

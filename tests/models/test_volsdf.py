@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.geometry import RayBundle
 from models.fields import ColorField
-from models.rays import RayBundle
 from models.renderers import packed_weights
 from models.samplers import OccupancyGrid
 from models.volsdf import LaplaceBeta, VolSDFModel, laplace_density, laplace_optical_depth

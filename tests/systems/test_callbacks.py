@@ -8,7 +8,7 @@ import scipy.io
 import torch
 import trimesh
 
-from datasets.errors import InputError
+from core.errors import InputError
 from datasets.scene import Scene
 from systems.callbacks import Evaluation
 from systems.mesh_io import load_dtu_official, save_mesh

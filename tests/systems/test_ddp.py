@@ -15,10 +15,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from core.geometry import RayBundle, pixel_rays
 from datasets.npz import load_npz_scene
 from launch import compose_config
 from models.cameras import FixedCameras
-from models.rays import RayBundle, pixel_rays
 from systems.run_dir import MARKER, folder_state
 
 ROOT = Path(__file__).resolve().parents[2]

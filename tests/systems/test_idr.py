@@ -10,13 +10,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.geometry import image_rays, intersect_sphere
+from core.geometry import look_at
 from datasets.scene import Scene
-from models.cameras import FixedCameras
-from models.rays import image_rays, intersect_sphere
 from launch import compose_config
-from systems.inspect import inspect_init, transfer
-from systems.video import look_at, orbit_path
+from models.cameras import FixedCameras
+from systems.video import orbit_path
+from systems.visual_checks import inspect_init, transfer
 H, W = 24, 32
 
 

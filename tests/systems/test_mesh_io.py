@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from datasets.errors import InputError
-from systems import mesh_io
+from core import io as core_io
+from core.errors import InputError
 from systems.mesh_io import load_reference, save_mesh, save_textured_mesh
 
 
@@ -71,7 +71,7 @@ def test_failed_save_keeps_previous_file(
     def boom(*args: object, **kwargs: object) -> None:
         raise OSError("simulated failure")
 
-    target = {"export": (trimesh.Trimesh, "export"), "write": (mesh_io.os, "fsync"), "replace": (mesh_io.os, "replace")}
+    target = {"export": (trimesh.Trimesh, "export"), "write": (core_io.os, "fsync"), "replace": (core_io.os, "replace")}
     monkeypatch.setattr(*target[failure], boom)
     bigger = trimesh.creation.icosphere(subdivisions=4)
     with pytest.raises(OSError, match="simulated"):

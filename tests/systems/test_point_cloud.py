@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
 
-from datasets.errors import InputError
+from core.errors import InputError
 from datasets.npz import load_npz_scene
 from launch import check_config, compose_config
 from models.cameras import FixedCameras

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from datasets.errors import InputError
+from core.errors import InputError
 from systems.callbacks import AtomicCheckpointIO
 from systems.run_dir import (MARKER, adopt, check_new_run_dir, claim, find_checkpoint, folder_state, load_weights, newest_checkpoint,
                              remove_created, remove_temporaries)

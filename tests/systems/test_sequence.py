@@ -13,11 +13,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from core.errors import InputError
 from datasets.npz import load_npz_scene
-import launch
-from datasets.errors import InputError
 from datasets.synthetic import generate_sequence
 from launch import compose_config
+import launch
 from models.cameras import FixedCameras
 from systems.callbacks import StepSchedules
 from systems.sequence import moving_cameras, motion_errors, set_trainable, warm_start, write_table

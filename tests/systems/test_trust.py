@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from datasets.errors import InputError
+from core.errors import InputError
 from systems import trust
 
 

@@ -8,10 +8,11 @@ import imageio.v3 as iio
 import pytest
 import torch
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.geometry import look_at
 from launch import build_system, compose_config
 from models.cameras import rotation_angle_deg
-from systems.video import camera_path, look_at, render_videos
+from systems.video import camera_path, render_videos
 
 
 def ring(azimuths_deg: list[float], radius: float = 3.0, height: float = 0.8) -> torch.Tensor:

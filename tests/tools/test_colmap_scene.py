@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from core.errors import InputError
+from core.geometry import look_at
 from datasets import synthetic
-from datasets.errors import InputError
 from datasets.npz import load_npz_scene
 from models.cameras import align_poses, rotation_angle_deg
 from tools.colmap_scene import CAMERA_CLEARANCE, extract_frames, main, normalisation, registered_or_raise, sharpness
@@ -19,6 +20,11 @@ pytest.importorskip("pycolmap")
 WIDTH, HEIGHT, DISTANCE, RING, ELEVATIONS = 480, 360, 2.2, 12, (15.0, 45.0)
 SHAPE = "box_ellipsoid"
 NOISE_CELL = 0.02  # finest cell of the speckle texture (about 5 pixels)
+
+
+def _look_at(centre: np.ndarray) -> np.ndarray:
+    """(4, 4) camera-to-world at ``centre`` (3,) looking at the origin, world z up."""
+    return look_at(torch.from_numpy(centre), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)).numpy()
 
 
 def _value_noise(points: torch.Tensor, seed: int) -> torch.Tensor:
@@ -56,7 +62,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor
     for ring, elevation in enumerate(map(math.radians, ELEVATIONS)):
         for j in range(RING):
             azimuth = 2 * math.pi * (j + 0.5 * ring) / RING
-            c2w.append(synthetic._look_at(DISTANCE * np.array(
+            c2w.append(_look_at(DISTANCE * np.array(
                 [math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation)])))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the generator's setting: many small kernels
@@ -128,7 +134,7 @@ def _ring(centre: np.ndarray, distance: float, n: int = 16) -> np.ndarray:
     out = []
     for i in range(n):
         a, e = 2 * math.pi * i / n, math.radians(20.0 + 15.0 * (i % 2))
-        pose = synthetic._look_at(distance * np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)]))
+        pose = _look_at(distance * np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)]))
         pose[:3, 3] += centre
         out.append(pose)
     return np.stack(out)

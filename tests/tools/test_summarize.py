@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from datasets.errors import InputError
+from core.errors import InputError
 from tools.summarize import main, summarize
 
 

@@ -10,6 +10,7 @@ import torch
 from models.encoders import FrequencyEncoder, HashGridEncoder, NFFBEncoder, StyleModNFFBEncoder
 from models.encoders.tcnn import resolve_backend
 from models.fields import SDFField
+from models.interfaces import jacobian_of
 
 SMALL_GRID = dict(log2_table_size=10, base_resolution=4, finest_resolution=64)
 
@@ -292,6 +293,6 @@ def test_auto_backend_builds_tcnn_encoding_when_available(fake_tcnn):
     assert config == {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 4, "log2_hashmap_size": 15,
                       "base_resolution": 8, "per_level_scale": pytest.approx(2.0)}
     # No analytic Jacobian on this backend: fields fall back to autograd.
-    assert not hasattr(encoder, "forward_with_jacobian") and not hasattr(encoder.grid, "forward_with_jacobian")
+    assert jacobian_of(encoder) is None and jacobian_of(encoder.grid) is None
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         encoder(torch.zeros(4, 3))

@@ -1,9 +1,20 @@
-"""Rays: generation from pinhole cameras and intersection with the bounding sphere."""
+"""Camera geometry: a look-at pose, rays from pinhole cameras and their intersection with the bounding sphere."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+
+def look_at(centre: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """(4, 4) OpenCV camera-to-world at ``centre`` (3,) looking at the origin, ``up`` (3,) pointing up in the image."""
+    forward = -F.normalize(centre, dim=0)
+    right = F.normalize(torch.linalg.cross(forward, up), dim=0)
+    c2w = torch.eye(4, device=centre.device, dtype=centre.dtype)
+    c2w[:3, :3] = torch.stack([right, torch.linalg.cross(forward, right), forward], 1)
+    c2w[:3, 3] = centre
+    return c2w
 
 
 @dataclass

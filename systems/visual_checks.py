@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable
 
 import imageio.v3 as iio
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from datasets.errors import InputError
+from core.errors import InputError
+from core.geometry import image_rays
+from core.tracing import SdfFn, sdf_normals
 from models.ray_tracing import SphereTracer
-from models.rays import image_rays
 from systems.base import BaseSystem
 from systems.video import orbit_path, render_frames, scaled_view, write_video
 
-
-SdfFn = Callable[[torch.Tensor], torch.Tensor]
 BAND = 0.1  # spacing of the iso-distance bands of the slice images
 
 
@@ -48,14 +45,6 @@ def sdf_slices(sdf_fn: SdfFn, resolution: int, device: torch.device | str = "cpu
     zero = torch.zeros_like(u)
     planes = [torch.stack(p, -1) for p in ((zero, u, v), (u, zero, v), (u, v, zero))]
     return np.stack([sdf_fn(p.reshape(-1, 3)).reshape(resolution, resolution).cpu().numpy() for p in planes])
-
-
-def sdf_normals(sdf_fn: SdfFn, x: torch.Tensor) -> torch.Tensor:
-    """Unit SDF gradients (P, 3) at points (P, 3), by autograd."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(sdf_fn(x).sum(), x)
-    return F.normalize(grad, dim=-1)
 
 
 def lambert_render(sdf_fn: SdfFn, intrinsics: torch.Tensor, c2w: torch.Tensor, height: int, width: int,
