@@ -47,7 +47,7 @@ from systems.trust import build, check_run_targets, check_saved_overrides, read_
 from systems.sequence import moving_cameras, train_sequence
 from systems.sweep import FAILED_JOBS_FILE, failed_jobs, record_job
 from systems.video import render_videos
-from systems.viewer import ViewerCallback, serve_run
+from systems.viewer import ViewerCallback, serve_run, serve_sequence
 from systems.run_dir import (HYDRA_ENTRIES, adopt, check_new_run_dir, claim, find_checkpoint, folder_state, load_weights,
                              own_checkpoint, remove_created, remove_temporaries)
 
@@ -255,7 +255,7 @@ def as_input_error(err: Exception) -> InputError:
 def single_scene_mode(mode: str) -> InputError:
     """The error for ``mode`` asked of a sequence, which only trains."""
     return InputError("mode", f"mode={mode} is for single scenes; a sequence run writes its meshes, metrics and video as it "
-                              "trains, and resume=RUN continues it")
+                              "trains, resume=RUN continues it and mode=view resume=RUN shows it")
 
 
 def build_system(cfg: DictConfig, run_dir: Path, checkpoint: dict | None = None, scene: Scene | None = None):
@@ -307,11 +307,16 @@ def outputs(cfg: DictConfig, run_dir: Path, mesh_path: Path) -> tuple[MeshExport
 
 
 def run_sequence(cfg: DictConfig, run_dir: Path, sequence: Sequence) -> dict:
-    """Train a dynamic scene frame by frame (systems/sequence.py); returns the summary of its per-frame metrics."""
+    """Train a dynamic scene frame by frame (systems/sequence.py), or view a sequence run; returns the summary of its
+    per-frame metrics."""
+    if cfg.mode == "view":
+        if not cfg.resume:
+            raise InputError("mode", "mode=view needs resume=<run dir>")
+        return {"viewer": serve_sequence(sequence.load(0), run_dir, cfg.viewer.host, cfg.viewer.port)}
     if cfg.mode != "train":
         raise single_scene_mode(cfg.mode)
     if cfg.viewer.enabled:
-        raise InputError("viewer.enabled", "the viewer shows single scenes; a sequence's meshes are in frames/")
+        raise InputError("viewer.enabled", "the live viewer shows single scenes; open a sequence run with mode=view resume=RUN")
 
     def make_system(scene: Scene, folder: Path):
         system = build_system(cfg, folder, scene=scene)

@@ -6,10 +6,13 @@ overrides, ``launch.build_system``) and times ``--steps`` training steps after `
 validation, checkpoints or evaluation. Every case runs in a fresh process, so its peak memory is its
 own: ``torch.cuda.max_memory_allocated`` on a GPU, the process's ``ru_maxrss`` on the CPU. The
 cases compare the occupancy grid on and off, and scale the synthetic scene's images (1x, 2x, 4x
-of 200x150) and view count (25, 49): the step cost should not grow with the dataset.
+of 200x150) and view count (25, 49): the step cost should not grow with the dataset. ``viewer-on`` is
+``grid-on`` with the live viewer serving (``viewer.enabled=true``) and no browser connected: its cost,
+reported as a percentage of ``grid-on``'s step rate, should stay within 5 %.
 
     python benchmarks/speed.py                       # all cases
     python benchmarks/speed.py --cases grid-on grid-off --steps 20
+    python benchmarks/speed.py --cases grid-on viewer-on   # the viewer's cost with no browser connected
     python benchmarks/speed.py --full                # + time to Chamfer of the default run, grid on and off (minutes)
     python benchmarks/speed.py --dry-run             # list the cases only
     python benchmarks/speed.py encoder.compile=false # extra overrides for every case
@@ -34,9 +37,12 @@ if str(ROOT) not in sys.path:
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 import launch  # noqa: E402
 from benchmarks.quality import device_name, publish, run as run_job  # noqa: E402
+from systems.config import Viewer as ViewerSettings, as_section  # noqa: E402
+from systems.viewer import ViewerCallback  # noqa: E402
 
 
 def scene(scale: int, views: int) -> list[str]:
@@ -51,6 +57,7 @@ CASES = {
     "2x-images": scene(2, 25),
     "4x-images": scene(4, 25),
     "49-views": scene(1, 49),
+    "viewer-on": [*scene(1, 25), "viewer.enabled=true"],
 }
 
 
@@ -106,12 +113,13 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
     cfg = compose_config(overrides)
     pl.seed_everything(cfg.seed, verbose=False)
     timer = StepTimer(warmup)
+    viewer = [ViewerCallback(as_section(ViewerSettings, OmegaConf.to_container(cfg.viewer)))] if cfg.viewer.enabled else []
     with tempfile.TemporaryDirectory() as run_dir:
         system = launch.build_system(cfg, Path(run_dir))
         trainer = pl.Trainer(max_steps=warmup + steps, accelerator=cfg.trainer.accelerator, devices=1,
                              precision=cfg.trainer.precision, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                             num_sanity_val_steps=0, inference_mode=False, callbacks=[timer])
+                             num_sanity_val_steps=0, inference_mode=False, callbacks=[timer, *viewer])
         trainer.fit(system)
     seconds = timer.stopped - timer.started
     rays = sum(timer.rays) / len(timer.rays)
@@ -137,6 +145,14 @@ def table(rows: dict[str, dict]) -> str:
              f"{m['samples_per_step']:.0f} | {m['rays_per_s']:.0f} | {m['peak_mib']:.0f} | `{' '.join(m['overrides'])}` |"
              for name, m in rows.items()]
     return "\n".join([head, *lines])
+
+
+def viewer_cost(rows: dict[str, dict]) -> str:
+    """One line: how much slower ``viewer-on`` trained than ``grid-on`` (empty unless both ran)."""
+    if not {"grid-on", "viewer-on"} <= rows.keys():
+        return ""
+    slower = 100 * (1 - rows["viewer-on"]["steps_per_s"] / rows["grid-on"]["steps_per_s"])
+    return f"\nThe viewer serving with no browser connected: {slower:.1f} % fewer steps/s than grid-on (target: at most 5 %).\n"
 
 
 def chamfer_table(rows: dict[str, dict]) -> str:
@@ -176,7 +192,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     command = "python benchmarks/speed.py " + shlex.join(sys.argv[1:])
     report = (f"\n### Speed, {date.today()}, commit {commit}, {device_name()}\n\n`{command}`: {args.steps} timed "
-              f"training steps per case after {args.warmup} warm-up steps.\n\n{table(rows)}\n")
+              f"training steps per case after {args.warmup} warm-up steps.\n\n{table(rows)}\n{viewer_cost(rows)}")
     if args.full:
         runs = {"grid-on": run_job("synthetic", args.overrides, args.out / "grid_on"),
                 "grid-off": run_job("synthetic", [*args.overrides, GRID_OFF], args.out / "grid_off")}

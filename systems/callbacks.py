@@ -79,6 +79,10 @@ class TimeBudget(pl.Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.spent_s, self.planned = float(state["spent_s"]), state["planned"]
 
+    def seconds_left(self) -> float:
+        """Training time left in the budget (less its reserve), counting earlier sessions of the run."""
+        return self.budget_s * (1.0 - self.reserve) - self.spent_s - (self.clock() - self._started)
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         pl_module.clock.reference_steps = self.reference_steps  # the learning-rate horizon, in schedule steps
 
@@ -95,9 +99,8 @@ class TimeBudget(pl.Callback):
             self._timed_from = self.clock()
         if step < self._next_plan or step <= self._timed_step:
             return
-        now = self.clock()
-        seconds_per_step = (now - self._timed_from) / (step - self._timed_step)
-        left = self.budget_s * (1.0 - self.reserve) - self.spent_s - (now - self._started)
+        seconds_per_step = (self.clock() - self._timed_from) / (step - self._timed_step)
+        left = self.seconds_left()
         planned = int(trainer.strategy.broadcast(step + max(int(left / seconds_per_step), 1)))
         if planned != self.planned:
             first = self.planned is None

@@ -408,11 +408,13 @@ class Viewer:
     port: int = 0                  # 0: a free port; a port in use: the next free one (the address is logged)
     refresh_every: int = 50        # re-mesh the surface every this many steps (only while a browser is connected)
     mesh_resolution: int = 64      # marching-cubes grid of the live mesh
+    render_resolution: int = 96    # longer side of the live render of the browser's view (button "Render view"), pixels
 
     def __post_init__(self) -> None:
         at_least(self, 0, "port")
         at_least(self, 1, "refresh_every")
         at_least(self, 8, "mesh_resolution")
+        at_least(self, 8, "render_resolution")
 
 
 @dataclass
