@@ -27,7 +27,7 @@ import viser
 import viser.transforms as vtf
 
 from datasets.scene import Scene
-from models.rays import RayBundle, image_rays
+from core.geometry import RayBundle, image_rays
 from systems.callbacks import TimeBudget
 from systems.config import Viewer as ViewerSettings
 

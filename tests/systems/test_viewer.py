@@ -22,12 +22,12 @@ from viser import _messages
 from websockets.sync.client import connect
 
 import launch
-from datasets.errors import InputError
+from core.errors import InputError
 from datasets.synthetic import generate_sequence
 from launch import build_system, compose_config
 from systems.config import Viewer as ViewerSettings
 from systems.mesh_io import save_mesh
-from models.rays import RayBundle
+from core.geometry import RayBundle
 from systems.callbacks import TimeBudget
 from systems.viewer import (ChunkedRender, Viewer, ViewerCallback, browser_view, camera_sets, normalised_pose, open_run, open_sequence,
                             world_poses)
