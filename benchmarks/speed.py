@@ -120,7 +120,7 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
 
 def measure_in_child(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
     """:func:`measure` in a fresh Python process (its own peak memory); the result is its last output line."""
-    cmd = [sys.executable, __file__, "--child", "--steps", str(steps), "--warmup", str(warmup), *overrides]
+    cmd = [sys.executable, "-m", "benchmarks.speed", "--child", "--steps", str(steps), "--warmup", str(warmup), *overrides]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"case {' '.join(overrides)} failed:\n{result.stderr[-3000:]}")

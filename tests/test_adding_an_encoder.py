@@ -22,9 +22,8 @@ from systems.trust import build
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Adding an encoder, a system or a dataset"
-# What a copy of the repository leaves out: history, outputs, generated data, caches, tests and docs.
-NOT_COPIED = shutil.ignore_patterns(".git", "outputs", "multirun", "data", "tests", "docs", "build", "__pycache__",
-                                    "*.egg-info", ".*_cache")
+# What a copy of the repository leaves out: hidden folders (history, caches, environments), outputs, data, tests, docs.
+NOT_COPIED = shutil.ignore_patterns(".*", "outputs", "multirun", "data", "tests", "docs", "build", "__pycache__", "*.egg-info")
 
 
 def readme_example() -> tuple[dict[str, str], list[str]]:
