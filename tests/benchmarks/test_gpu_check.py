@@ -17,6 +17,7 @@ def gpu_check(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_of_a_gpu_run():
     result = gpu_check("--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
