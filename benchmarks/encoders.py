@@ -1,11 +1,11 @@
 """Encoder comparison at equal wall time: one Hydra multirun over encoders per scene, one table,
 appended to docs/BENCHMARKS.md.
 
-    python benchmarks/encoders.py                          # synthetic scene, 5 training minutes per encoder
-    python benchmarks/encoders.py --dtu                    # + DTU scan24 (held-out PSNR and IoU), 10 minutes each
-    python benchmarks/encoders.py --encoders hashgrid nffb --minutes 2
-    python benchmarks/encoders.py --dry-run                # print the commands only
-    python benchmarks/encoders.py system.optim.decay_steps=1500   # extra overrides go to every job
+    python -m benchmarks.encoders                          # synthetic scene, 5 training minutes per encoder
+    python -m benchmarks.encoders --dtu                    # + DTU scan24 (held-out PSNR and IoU), 10 minutes each
+    python -m benchmarks.encoders --encoders hashgrid nffb --minutes 2
+    python -m benchmarks.encoders --dry-run                # print the commands only
+    python -m benchmarks.encoders system.optim.decay_steps=1500   # extra overrides go to every job
 
 Every job trains for ``trainer.max_time`` with a step limit that never binds, so faster encoders
 take more steps. Learning-rate decay and progressive levels follow steps (decay over
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.quality import device_name, publish
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.quality import device_name, publish  # noqa: E402
 
 ENCODERS = ["frequency", "hashgrid", "nffb", "stylemod_nffb"]
 SCENES = {
@@ -50,8 +50,9 @@ def command(scene: str, encoders: list[str], minutes: float, max_steps: int, ove
 
 def encoder_parameters(job_dir: Path) -> int:
     """Parameter count of the encoder a job trained, rebuilt from its saved config."""
-    from systems.trust import build
     from omegaconf import OmegaConf
+
+    from systems.trust import build
 
     encoder = build(OmegaConf.load(job_dir / ".hydra" / "config.yaml").encoder, origin=str(job_dir / ".hydra" / "config.yaml"))
     return sum(p.numel() for p in encoder.parameters())

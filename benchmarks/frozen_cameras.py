@@ -7,26 +7,23 @@ photometric L1 and mask losses of training: Adam, the learning rate decaying to 
 ``--every`` steps, one column per case, as a table for docs/BENCHMARKS.md.
 
     python launch.py hydra.run.dir=outputs/fixed                          # the scene, once
-    python benchmarks/frozen_cameras.py --run outputs/fixed               # both cases
-    python benchmarks/frozen_cameras.py --run outputs/fixed --cases plain --steps 200
+    python -m benchmarks.frozen_cameras --run outputs/fixed               # both cases
+    python -m benchmarks.frozen_cameras --run outputs/fixed --cases plain --steps 200
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+import launch
+from systems.base import opacity_mask_loss
+from systems.run_dir import load_weights
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script: the project's packages and launch.py
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-import launch  # noqa: E402
-from systems.base import opacity_mask_loss  # noqa: E402
-from systems.run_dir import load_weights  # noqa: E402
 
 NOISE = {"rotation_deg": 3.0, "translation": 0.02, "seed": 0}
 CASES = {  # camera overrides and Adam learning rate

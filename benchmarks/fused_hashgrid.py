@@ -1,8 +1,8 @@
 """Hash-grid encoding benchmark: forward + backward of the PyTorch ``HashGridEncoder`` against the fused
 Triton kernels (models/encoders/fused_hashgrid.py) and tiny-cuda-nn when it imports, on the GPU.
 
-    python benchmarks/fused_hashgrid.py                     # N = 2^16 .. 2^20 points, default encoder
-    python benchmarks/fused_hashgrid.py --log2-points 18 --x-grad --no-append
+    python -m benchmarks.fused_hashgrid                     # N = 2^16 .. 2^20 points, default encoder
+    python -m benchmarks.fused_hashgrid --log2-points 18 --x-grad --no-append
 
 Every iteration encodes N uniform points and backpropagates a fixed random gradient into the table
 (and into the points with ``--x-grad``, as with trainable cameras). The max |fused - torch| column
@@ -19,17 +19,15 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
+import torch
+
+from benchmarks.quality import device_name, publish
+from models.encoders import HashGridEncoder
+from models.encoders.fused_hashgrid import fused_available, fused_hash_encode
+from models.encoders.hashgrid import level_growth
+from models.encoders.tcnn import TcnnHashGrid, import_tcnn
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script: the project's packages
-
-import torch  # noqa: E402
-
-from benchmarks.quality import device_name, publish  # noqa: E402
-from models.encoders import HashGridEncoder  # noqa: E402
-from models.encoders.fused_hashgrid import fused_available, fused_hash_encode  # noqa: E402
-from models.encoders.hashgrid import level_growth  # noqa: E402
-from models.encoders.tcnn import TcnnHashGrid, import_tcnn  # noqa: E402
 
 
 def time_ms(step: Callable[[], None], warmup: int, iters: int) -> float:
@@ -100,7 +98,7 @@ def main() -> None:
             reference = impls["torch"](x)
         baseline = None
         for name, encode in impls.items():
-            ms = time_ms(lambda: encode(x).backward(grad), args.warmup, args.iters)
+            ms = time_ms(lambda encode=encode, x=x, grad=grad: encode(x).backward(grad), args.warmup, args.iters)
             baseline = baseline or ms
             with torch.no_grad():
                 diff = "-" if name != "fused (triton)" else f"{(encode(x) - reference).abs().max().item():.1e}"
@@ -109,7 +107,7 @@ def main() -> None:
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    command = "python benchmarks/fused_hashgrid.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.fused_hashgrid " + " ".join(sys.argv[1:])
     settings = (f"{args.levels} levels, F={args.features}, table 2^{args.log2_table}, resolutions "
                 f"{args.base_resolution}..{args.finest_resolution}, forward + backward into the table"
                 + (" and the points" if args.x_grad else ""))

@@ -2,10 +2,10 @@
 every accelerated backend against the pure-PyTorch path, time training steps, and train DTU scan24 on the
 GPU recipe to held-out IoU >= 0.98; one dated section naming the device goes to docs/BENCHMARKS.md.
 
-    python benchmarks/gpu_check.py                  # on a CUDA machine: every stage (under 8 minutes on one H100/H200)
-    python benchmarks/gpu_check.py --dry-run        # the plan: each stage and what it runs
-    python benchmarks/gpu_check.py --smoke          # every stage on tiny sizes on the CPU, CUDA-only parts skipped
-    python benchmarks/gpu_check.py --stages backends speed --no-append
+    python -m benchmarks.gpu_check                  # on a CUDA machine: every stage (under 8 minutes on one H100/H200)
+    python -m benchmarks.gpu_check --dry-run        # the plan: each stage and what it runs
+    python -m benchmarks.gpu_check --smoke          # every stage on tiny sizes on the CPU, CUDA-only parts skipped
+    python -m benchmarks.gpu_check --stages backends speed --no-append
 
 Stages, in order (a failing stage is reported in the section and the next one runs):
 
@@ -37,12 +37,10 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script: the project's packages
+import torch
+import yaml
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 if not torch.cuda.is_available():  # before triton's kernels are defined: the fused kernel runs interpreted
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -255,10 +253,10 @@ def stage_speed(cuda: bool, smoke: bool, cache: Path) -> str:
     if not cuda:
         text += "\n- trainer.precision=16-mixed: skipped (needs CUDA)"
     text += "".join(f"\n{line}" for line in failures)
-    cmd = [sys.executable, "benchmarks/fused_hashgrid.py", "--no-append", "--log2-points", "18", "20"]
+    cmd = [sys.executable, "-m", "benchmarks.fused_hashgrid", "--no-append", "--log2-points", "18", "20"]
     result = run(cmd, 300)
     table = [line for line in result.stdout.splitlines() if line.startswith("|")]
-    return (text + "\n\nHash-grid encoding (`python benchmarks/fused_hashgrid.py --log2-points 18 20`):\n\n"
+    return (text + "\n\nHash-grid encoding (`python -m benchmarks.fused_hashgrid --log2-points 18 20`):\n\n"
             + ("\n".join(table) if table else f"- {last_line(result.stdout) or last_line(result.stderr)}"))
 
 
@@ -317,7 +315,7 @@ def plan(cuda: bool, smoke: bool, cache: Path, data_dir: Path) -> list[str]:
     return [f"extras: {extras}; report triton, tiny-cuda-nn",
             f"tests: pytest {' '.join(CUDA_TESTS)}" + (" --collect-only" if smoke or not cuda else ""),
             "backends: hash grid torch vs fused Triton vs tiny-cuda-nn; occupancy grid and weights torch vs nerfacc",
-            f"speed: {cases}; benchmarks/fused_hashgrid.py --log2-points 18 20",
+            f"speed: {cases}; python -m benchmarks.fused_hashgrid --log2-points 18 20",
             f"train: python launch.py {' '.join(train_overrides(smoke, data_dir))} (validation IoU >= {IOU_TARGET})"]
 
 
@@ -353,7 +351,7 @@ def main() -> None:
             parts.append(f"Stage {name}: failed: {type(error).__name__}: {last_line(str(error))}")
         print(f"{parts[-1]}\n({name}: {time.time() - stage_started:.0f} s)", flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    report = (f"\n### GPU check, {date.today()}, commit {commit}, {device_name()}\n\n`python benchmarks/gpu_check.py "
+    report = (f"\n### GPU check, {date.today()}, commit {commit}, {device_name()}\n\n`python -m benchmarks.gpu_check "
               f"{' '.join(sys.argv[1:])}`".rstrip() + f", {time.time() - started:.0f} s in all.\n\n" + "\n\n".join(parts) + "\n")
     publish(report, append=not (args.smoke or args.no_append))
 

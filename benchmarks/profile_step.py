@@ -5,27 +5,23 @@ trains ``--warmup`` untimed steps (torch.compile, grid warm-up and the adaptive 
 there), then profiles ``--steps`` steps and prints the operators with the most self CPU time, as a
 markdown table (share of the profiled time, calls, and ms per step).
 
-    python benchmarks/profile_step.py                          # NeuS, the default scene
-    python benchmarks/profile_step.py system=idr               # IDR
-    python benchmarks/profile_step.py --top 25 --steps 10 encoder=frequency
+    python -m benchmarks.profile_step                          # NeuS, the default scene
+    python -m benchmarks.profile_step system=idr               # IDR
+    python -m benchmarks.profile_step --top 25 --steps 10 encoder=frequency
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
+import pytorch_lightning as pl
+from torch.profiler import ProfilerActivity, profile
+
+import launch
+from benchmarks.speed import compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-import launch  # noqa: E402
-from benchmarks.speed import compose_config  # noqa: E402
 
 
 class ProfileSteps(pl.Callback):

@@ -1,15 +1,15 @@
 """Quality benchmark: run launch.py jobs, print one table, append it to docs/BENCHMARKS.md.
 
-    python benchmarks/quality.py                  # the default synthetic run (issue target: Chamfer <= 1.5 in 10 min)
-    python benchmarks/quality.py --dtu            # + DTU scan24, 4 held-out views, 20 minutes
-    python benchmarks/quality.py --jobs synthetic-cameras synthetic-idr-cameras   # trainable cameras from noisy poses
-    python benchmarks/quality.py --jobs synthetic-3000 synthetic-cameras-3000     # the same at twice the length, where
-    python benchmarks/quality.py --jobs synthetic-idr-3580 synthetic-idr-cameras-3580   # the poses get under 0.5 degrees
-    python benchmarks/quality.py --jobs synthetic-6000 synthetic-cameras-6000     # NeuS: both issue-5 targets (~75 min a job)
-    python benchmarks/quality.py --jobs synthetic synthetic-idr encoder-nffb --shapes all   # every built-in object
-    python benchmarks/quality.py --jobs synthetic synthetic-volsdf --shapes all --parallel 2 trainer.max_steps=1000
+    python -m benchmarks.quality                  # the default synthetic run (issue target: Chamfer <= 1.5 in 10 min)
+    python -m benchmarks.quality --dtu            # + DTU scan24, 4 held-out views, 20 minutes
+    python -m benchmarks.quality --jobs synthetic-cameras synthetic-idr-cameras   # trainable cameras from noisy poses
+    python -m benchmarks.quality --jobs synthetic-3000 synthetic-cameras-3000     # the same at twice the length, where
+    python -m benchmarks.quality --jobs synthetic-idr-3580 synthetic-idr-cameras-3580   # the poses get under 0.5 degrees
+    python -m benchmarks.quality --jobs synthetic-6000 synthetic-cameras-6000     # NeuS: both issue-5 targets (~75 min a job)
+    python -m benchmarks.quality --jobs synthetic synthetic-idr encoder-nffb --shapes all   # every built-in object
+    python -m benchmarks.quality --jobs synthetic synthetic-volsdf --shapes all --parallel 2 trainer.max_steps=1000
                                                   # NeuS and VolSDF side by side on each shape, one thread each
-    python benchmarks/quality.py --dry-run        # print the commands only
+    python -m benchmarks.quality --dry-run        # print the commands only
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
+from datasets.synthetic import SHAPES
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from datasets.synthetic import SHAPES  # noqa: E402
 
 ENCODERS = ("hashgrid", "frequency", "nffb", "stylemod_nffb")
 # Recipes are configs/experiment/*.yaml; the long variants below only change the length.

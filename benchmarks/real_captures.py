@@ -2,9 +2,9 @@
 (no cameras, no masks) through ``tools.colmap_scene``. Prints one table and appends it to
 docs/BENCHMARKS.md.
 
-    python benchmarks/real_captures.py                        # both jobs, 20 training minutes each
-    python benchmarks/real_captures.py --jobs unmasked
-    python benchmarks/real_captures.py --jobs colmap --scene /tmp/scan24_colmap   # reuse a tool output
+    python -m benchmarks.real_captures                        # both jobs, 20 training minutes each
+    python -m benchmarks.real_captures --jobs unmasked
+    python -m benchmarks.real_captures --jobs colmap --scene /tmp/scan24_colmap   # reuse a tool output
 
 Held-out silhouette IoU is measured against the reference masks of scan24's held-out views (8, 13,
 16, 21), which training never sees. For the COLMAP job those views are rendered from their
@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.quality import device_name, launch, publish
+from datasets.npz import load_npz_scene
+from models.cameras import align_poses
+from models.metrics import silhouette_iou
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.quality import device_name, launch, publish  # noqa: E402
-from datasets.npz import load_npz_scene  # noqa: E402
-from models.cameras import align_poses  # noqa: E402
-from models.metrics import silhouette_iou  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 TEST_VIEWS = [8, 13, 16, 21]

@@ -1,8 +1,8 @@
 """Render-speed benchmark: held-out views of a trained NeuS/VolSDF run rendered with every sample and with early ray
 termination (``systems.neus.EVAL_STOP_TRANSMITTANCE``), side by side on the same machine and weights.
 
-    python benchmarks/render_speed.py outputs/neus-dtu_scan24/<time>                 # its first 2 held-out views
-    python benchmarks/render_speed.py RUN --views 2 --downscale 2 --no-append        # half resolution, print only
+    python -m benchmarks.render_speed outputs/neus-dtu_scan24/<time>                 # its first 2 held-out views
+    python -m benchmarks.render_speed RUN --views 2 --downscale 2 --no-append        # half resolution, print only
 
 Prints one table (seconds per view, samples evaluated per ray, PSNR of each against the image, the largest
 difference between the two renders) and appends it to docs/BENCHMARKS.md unless ``--no-append``.
@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import time
 from datetime import date
 from pathlib import Path
 
+import torch
+
+import launch
+import systems.neus
+from benchmarks.quality import device_name, publish
+from models.metrics import psnr
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script: the project's packages and launch.py
-
-import torch  # noqa: E402
-
-import launch  # noqa: E402
-import systems.neus  # noqa: E402
-from benchmarks.quality import device_name, publish  # noqa: E402
-from models.metrics import psnr  # noqa: E402
 
 
 def render(system, view: int, stop_transmittance: float) -> tuple[dict[str, torch.Tensor], float, float]:
@@ -71,7 +68,7 @@ def main() -> None:
                     f"{float((full['rgb'] - marched['rgb']).abs().max()):.1e} |")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     report = (f"\n### Held-out render speed, {date.today()}, commit {commit}, {device_name()}\n\n"
-              f"`python benchmarks/render_speed.py {args.run}` ({type(system).__name__}; early termination below "
+              f"`python -m benchmarks.render_speed {args.run}` ({type(system).__name__}; early termination below "
               f"transmittance {stop:g})\n\n"
               "| view | size | s, every sample | s, early termination | speed-up | samples/ray, every | samples/ray, early | "
               "PSNR, every | PSNR, early | max abs. diff. |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")

@@ -2,24 +2,23 @@
 phase, against every frame trained from scratch at the same per-frame budget; one table per frame and a
 summary, appended to docs/BENCHMARKS.md.
 
-    python benchmarks/sequence.py                       # the three runs of experiment=sequence-cpu (~20 min each on 2 cores)
-    python benchmarks/sequence.py --jobs motion         # one of them
-    python benchmarks/sequence.py dataset.n_frames=5    # extra overrides for every run
+    python -m benchmarks.sequence                       # the three runs of experiment=sequence-cpu (~20 min each on 2 cores)
+    python -m benchmarks.sequence --jobs motion         # one of them
+    python -m benchmarks.sequence dataset.n_frames=5    # extra overrides for every run
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import subprocess
-import sys
 import time
 from datetime import date
 from pathlib import Path
 
+from benchmarks.quality import device_name, launch, publish
+from launch import compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.quality import device_name, launch, publish  # noqa: E402
-from launch import compose_config  # noqa: E402
 
 
 def jobs(overrides: list[str]) -> dict[str, list[str]]:

@@ -10,12 +10,12 @@ of 200x150) and view count (25, 49): the step cost should not grow with the data
 ``grid-on`` with the live viewer serving (``viewer.enabled=true``) and no browser connected: its cost,
 reported as a percentage of ``grid-on``'s step rate, should stay within 5 %.
 
-    python benchmarks/speed.py                       # all cases
-    python benchmarks/speed.py --cases grid-on grid-off --steps 20
-    python benchmarks/speed.py --cases grid-on viewer-on   # the viewer's cost with no browser connected
-    python benchmarks/speed.py --full                # + time to Chamfer of the default run, grid on and off (minutes)
-    python benchmarks/speed.py --dry-run             # list the cases only
-    python benchmarks/speed.py encoder.compile=false # extra overrides for every case
+    python -m benchmarks.speed                       # all cases
+    python -m benchmarks.speed --cases grid-on grid-off --steps 20
+    python -m benchmarks.speed --cases grid-on viewer-on   # the viewer's cost with no browser connected
+    python -m benchmarks.speed --full                # + time to Chamfer of the default run, grid on and off (minutes)
+    python -m benchmarks.speed --dry-run             # list the cases only
+    python -m benchmarks.speed encoder.compile=false # extra overrides for every case
 """
 from __future__ import annotations
 
@@ -30,19 +30,17 @@ import time
 from datetime import date
 from pathlib import Path
 
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import launch
+from benchmarks.quality import device_name, publish, run as run_job
+from systems.config import Viewer as ViewerSettings, as_section
+from systems.viewer import ViewerCallback
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script: the project's packages and launch.py
-
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-import launch  # noqa: E402
-from benchmarks.quality import device_name, publish, run as run_job  # noqa: E402
-from systems.config import Viewer as ViewerSettings, as_section  # noqa: E402
-from systems.viewer import ViewerCallback  # noqa: E402
 
 
 def scene(scale: int, views: int) -> list[str]:
@@ -130,7 +128,7 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
 
 def measure_in_child(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
     """:func:`measure` in a fresh Python process (its own peak memory); the result is its last output line."""
-    cmd = [sys.executable, __file__, "--child", "--steps", str(steps), "--warmup", str(warmup), *overrides]
+    cmd = [sys.executable, "-m", "benchmarks.speed", "--child", "--steps", str(steps), "--warmup", str(warmup), *overrides]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"case {' '.join(overrides)} failed:\n{result.stderr[-3000:]}")
@@ -190,7 +188,7 @@ def main() -> None:
         rows[name] = {**measure_in_child(overrides, args.steps, args.warmup), "overrides": overrides}
         print(f"{name}: {rows[name]['steps_per_s']:.2f} steps/s", flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    command = "python benchmarks/speed.py " + shlex.join(sys.argv[1:])
+    command = "python -m benchmarks.speed " + shlex.join(sys.argv[1:])
     report = (f"\n### Speed, {date.today()}, commit {commit}, {device_name()}\n\n`{command}`: {args.steps} timed "
               f"training steps per case after {args.warmup} warm-up steps.\n\n{table(rows)}\n{viewer_cost(rows)}")
     if args.full:

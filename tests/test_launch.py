@@ -77,6 +77,7 @@ def test_mesh_is_in_the_world_frame(finished_run, data_dir):
     assert abs(gt.vertices.mean(0)).max() > 10
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_saved_step(launch, finished_run, tmp_path):
     run_dir = tmp_path / "resumed"
     shutil.copytree(finished_run, run_dir)
@@ -99,6 +100,7 @@ def test_resume_continues_at_the_saved_step(launch, finished_run, tmp_path):
     assert "grid.occupied" in "".join(after["state_dict"])  # the occupancy grid travels with the checkpoint
 
 
+@pytest.mark.slow
 def test_export_and_test_modes_rewrite_results(launch, finished_run, tmp_path):
     run_dir = tmp_path / "again"
     shutil.copytree(finished_run, run_dir)
@@ -209,6 +211,7 @@ def test_textured_decimated_export(launch, finished_run, tmp_path):
         assert np.abs(colours - plain.visual.vertex_colors[nearest, :3].astype(int)).max() <= 2
 
 
+@pytest.mark.slow
 def test_sigterm_in_training_exits_non_zero_and_says_how_to_resume(start_launch, terminate_when, tiny, data_dir, tmp_path):
     """A killed run must not look finished to a sweep or a scheduler: exit 128 + SIGTERM, checkpoints kept."""
     run_dir = tmp_path / "killed_in_training"
@@ -220,6 +223,7 @@ def test_sigterm_in_training_exits_non_zero_and_says_how_to_resume(start_launch,
     assert not (run_dir / "metrics.json").exists() and step_of(next((run_dir / "checkpoints").glob("step*.ckpt"))) >= 3
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_test_phase_ends_the_run_at_once(start_launch, finished_run, tmp_path):
     """A plain kill during the Chamfer (minutes on real scenes) stops the process, and the run's
     files are intact."""
@@ -243,6 +247,7 @@ def test_sigterm_in_the_test_phase_ends_the_run_at_once(start_launch, finished_r
     assert step_of(run_dir / "checkpoints" / "last.ckpt") == 6
 
 
+@pytest.mark.slow
 def test_sigterm_in_export_mode_says_how_to_resume(start_launch, terminate_when, finished_run, tmp_path):
     run_dir = tmp_path / "exporting"
     shutil.copytree(finished_run, run_dir)
@@ -265,24 +270,24 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["dataset=dtu", "dataset.root=/nonexistent/scan"], "/nonexistent/scan"),
-        (["encoder=nope"], "encoder/nope.yaml"),
-        (["system.background=purple"], "system.background"),
-        (["mode=bogus"], "mode"),
+        pytest.param(["dataset=dtu", "dataset.root=/nonexistent/scan"], "/nonexistent/scan", marks=pytest.mark.slow),
+        pytest.param(["encoder=nope"], "encoder/nope.yaml", marks=pytest.mark.slow),
+        pytest.param(["system.background=purple"], "system.background", marks=pytest.mark.slow),
+        pytest.param(["mode=bogus"], "mode", marks=pytest.mark.slow),
         (["mode=test"], "resume"),
-        (["dataset.test_views=[0,1,2,3,4,5,6,7]"], "dataset.test_views"),
+        pytest.param(["dataset.test_views=[0,1,2,3,4,5,6,7]"], "dataset.test_views", marks=pytest.mark.slow),
         (["system.optim.lr_encoder=abc"], "system.optim.lr_encoder"),
-        (["encoder.backend=nope"], "system.model.geometry.encoder: unknown encoder backend"),
-        (["system.model.geometry.grad_type=nope"], "unknown grad_type"),
-        (["dataset=dtu", "scan=65"], "searched under data_dir="),
-        (["dataset.shape=cube"], "dataset.shape"),
-        (["mode=transfer"], "geometry_run"),
-        (["export.resolution=0"], "export.resolution: must be at least 8, got 0"),
-        (["system.eval_downscale=0"], "system.eval_downscale: must be at least 1, got 0"),
-        (["system.rays.initial=-1"], "system.rays.initial"),
-        (["eval.chamfer_points=0"], "eval.chamfer_points"),
-        (["video.fps=0"], "video.fps"),
-        (["export.points=-1"], "export.points: must be at least 0, got -1"),
+        pytest.param(["encoder.backend=nope"], "system.model.geometry.encoder: unknown encoder backend", marks=pytest.mark.slow),
+        pytest.param(["system.model.geometry.grad_type=nope"], "unknown grad_type", marks=pytest.mark.slow),
+        pytest.param(["dataset=dtu", "scan=65"], "searched under data_dir=", marks=pytest.mark.slow),
+        pytest.param(["dataset.shape=cube"], "dataset.shape", marks=pytest.mark.slow),
+        pytest.param(["mode=transfer"], "geometry_run", marks=pytest.mark.slow),
+        pytest.param(["export.resolution=0"], "export.resolution: must be at least 8, got 0", marks=pytest.mark.slow),
+        pytest.param(["system.eval_downscale=0"], "system.eval_downscale: must be at least 1, got 0", marks=pytest.mark.slow),
+        pytest.param(["system.rays.initial=-1"], "system.rays.initial", marks=pytest.mark.slow),
+        pytest.param(["eval.chamfer_points=0"], "eval.chamfer_points", marks=pytest.mark.slow),
+        pytest.param(["video.fps=0"], "video.fps", marks=pytest.mark.slow),
+        pytest.param(["export.points=-1"], "export.points: must be at least 0, got -1", marks=pytest.mark.slow),
         (["+callbacks.x={_target_:os.system,command:ls}"], "because it allows config data to control executable behavior or"),
     ],
     ids=["missing-folder", "unknown-group-option", "unknown-background", "unknown-mode", "test-without-run", "all-held-out",
@@ -297,6 +302,7 @@ def test_bad_input_is_one_line_and_leaves_no_run(launch, tiny, args, expected, d
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_existing_run_is_never_overwritten(launch, tiny, finished_run):
     before = (finished_run / "metrics.json").read_text()
     line = one_line_error(launch(*tiny, f"hydra.run.dir={finished_run}"))
@@ -322,7 +328,8 @@ BAD_INPUTS = [["encoder=nope"], ["system.optim.lr=abc"], ["dataset.shape=cube"],
               ["resume=/nonexistent/run"], ["encoder.backend=nope"]]
 
 
-@pytest.mark.parametrize("args", BAD_INPUTS, ids=lambda a: a[0])
+@pytest.mark.parametrize("args", [BAD_INPUTS[0], *(pytest.param(a, marks=pytest.mark.slow) for a in BAD_INPUTS[1:])],
+                         ids=lambda a: a[0])
 def test_a_user_folder_survives_every_bad_input(launch, tiny, data_dir, tmp_path, args):
     """hydra.run.dir at a folder holding user files (a clone, say): refused, and nothing in it is touched."""
     folder = tmp_path / "clone"
@@ -351,6 +358,7 @@ def test_resume_of_a_file_that_is_not_a_checkpoint_writes_nothing(launch, tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_newest_checkpoint_that_loads(launch, finished_run, tmp_path):
     """last.ckpt older than step000006.ckpt (a kill between the two writes), a truncated newer file and
     leftover temporaries: the run continues at step 6, replaces the broken file, and cleans up."""
@@ -452,9 +460,9 @@ def write_text_target(marker: Path) -> str:
 
 @pytest.mark.parametrize("override, key", [
     ("+callbacks.x=WRITE", "callbacks.x._target_"),
-    ("+callbacks.y={_target_:torch.load,f:'CKPT',weights_only:false}", "callbacks.y._target_"),
-    ("dataset._target_=os.system", "dataset._target_"),
-    ("hydra.callbacks.x=WRITE", "hydra.callbacks.x"),
+    pytest.param("+callbacks.y={_target_:torch.load,f:'CKPT',weights_only:false}", "callbacks.y._target_", marks=pytest.mark.slow),
+    pytest.param("dataset._target_=os.system", "dataset._target_", marks=pytest.mark.slow),
+    pytest.param("hydra.callbacks.x=WRITE", "hydra.callbacks.x", marks=pytest.mark.slow),
 ], ids=["write-file", "nested-torch-load", "loader-os-system", "hydra-key"])
 def test_a_saved_override_naming_foreign_code_is_refused(launch, finished_run, tmp_path, override, key):
     marker = tmp_path / "payload_ran.txt"
@@ -471,6 +479,7 @@ def test_a_saved_override_naming_foreign_code_is_refused(launch, finished_run, t
     assert launch(f"resume={run_dir}", "mode=test").returncode == 2 and not marker.exists()
 
 
+@pytest.mark.slow
 def test_trusted_targets_still_resume_and_the_flag_trusts_the_rest(launch, finished_run, tmp_path):
     run_dir = shared_run(finished_run, tmp_path / "shared", ["system.optimizer._target_=torch.optim.AdamW",
                                                               "+callbacks.summary={_target_:pytorch_lightning.callbacks.ModelSummary}"])
@@ -484,6 +493,7 @@ def test_trusted_targets_still_resume_and_the_flag_trusts_the_rest(launch, finis
     assert marker.read_text() == "hi"
 
 
+@pytest.mark.slow
 def test_transfer_refuses_a_crafted_config(launch, finished_run, tmp_path):
     marker = tmp_path / "payload_ran.txt"
     crafted = shared_run(finished_run, tmp_path / "crafted")
@@ -498,6 +508,7 @@ def test_transfer_refuses_a_crafted_config(launch, finished_run, tmp_path):
     assert not marker.exists() and not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_a_pickle_payload_checkpoint_never_runs(launch, finished_run, tmp_path):
     marker = tmp_path / "payload_ran.txt"
     run_dir = shared_run(finished_run, tmp_path / "shared")

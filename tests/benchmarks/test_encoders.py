@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dry_run_prints_one_multirun_per_scene(tmp_path):
-    result = subprocess.run([sys.executable, "benchmarks/encoders.py", "--dry-run", "--dtu", "--minutes", "1.5",
+    result = subprocess.run([sys.executable, "-m", "benchmarks.encoders", "--dry-run", "--dtu", "--minutes", "1.5",
                              "--out", str(tmp_path), "seed=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     synthetic, dtu = result.stdout.strip().splitlines()
@@ -24,7 +24,7 @@ def test_dry_run_prints_one_multirun_per_scene(tmp_path):
 @pytest.mark.slow
 def test_two_encoder_multirun_table(tiny, tmp_path):
     result = subprocess.run(
-        [sys.executable, "benchmarks/encoders.py", "--encoders", "hashgrid", "nffb", "--minutes", "1", "--max-steps", "4",
+        [sys.executable, "-m", "benchmarks.encoders", "--encoders", "hashgrid", "nffb", "--minutes", "1", "--max-steps", "4",
          "--no-append", "--out", str(tmp_path / "bench"), *[a for a in tiny if not a.startswith("trainer.max_steps=")],
          f"data_dir={tmp_path / 'data'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=1800)
@@ -32,7 +32,7 @@ def test_two_encoder_multirun_table(tiny, tmp_path):
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith("| encoder")}
     assert set(rows) == {"hashgrid", "nffb"}
-    for name, (params, steps, its, chamfer, *dtu) in rows.items():
+    for params, steps, its, chamfer, *dtu in rows.values():
         assert int(params.replace(",", "")) > 100_000
         assert int(steps) == 4 and float(its) > 0 and float(chamfer) > 0
         assert dtu == ["-"] * 4  # no --dtu

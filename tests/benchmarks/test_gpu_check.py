@@ -13,10 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def gpu_check(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "benchmarks/gpu_check.py", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_of_a_gpu_run():
     result = gpu_check("--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]

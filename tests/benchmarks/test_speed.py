@@ -24,8 +24,9 @@ def test_measure_times_training_steps_of_a_tiny_config(tmp_path):
     assert len(text) == 3 and text[2].startswith("| tiny | ") and text[2].count("|") == 9
 
 
+@pytest.mark.slow
 def test_dry_run_lists_the_cases():
-    result = subprocess.run([sys.executable, "benchmarks/speed.py", "--dry-run", "encoder.compile=false"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--dry-run", "encoder.compile=false"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()

@@ -68,6 +68,7 @@ def test_parse_duration():
         parse_duration("1:2:3:4:5")
 
 
+@pytest.mark.slow
 def test_a_budget_is_spent_on_the_steps_that_fit_with_every_schedule_stretched_to_them(small_synthetic):
     """30 s at 0.5 s a step (1 % kept in reserve): about 59 steps, planned after 5; the schedules, written for 40
     steps, end with the run: every encoder level on, annealing done, the learning rate decayed to its final ratio."""
@@ -88,6 +89,7 @@ def test_a_budget_is_spent_on_the_steps_that_fit_with_every_schedule_stretched_t
     assert state["planned"] == budget.planned and state["spent_s"] == pytest.approx(0.5 * trainer.global_step)
 
 
+@pytest.mark.slow
 def test_a_resumed_budget_counts_the_time_already_spent(small_synthetic):
     """A run resumed with 20 of its 30 s spent plans only the steps that fit in the 10 s left."""
     system = small_neus(small_synthetic)

@@ -160,6 +160,7 @@ def test_end_to_end_training_improves_chamfer(launch, tmp_path):
     assert metrics[150]["iou"] > metrics[1]["iou"]
 
 
+@pytest.mark.slow
 def test_inspect_init_mode_writes_both_pngs(launch, tmp_path):
     run_dir = tmp_path / "inspect_run"
     result = launch(*IDR_TINY, f"data_dir={tmp_path / 'data'}", "mode=inspect_init", f"hydra.run.dir={run_dir}")

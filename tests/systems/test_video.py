@@ -65,6 +65,7 @@ def test_bad_video_settings_are_refused(untrained, tmp_path, key, kwargs):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_rendering_frees_each_chunk_before_the_next(untrained, monkeypatch):
     """Only the four per-ray outputs of a chunk survive it: its samples and autograd graph (from the SDF normals)
     are freed before the next chunk, so peak memory is one chunk's, whatever the image size."""

@@ -82,7 +82,7 @@ def test_jacobian_matches_finite_differences(name):
     assert torch.allclose(jac, numeric, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["hashgrid", "nffb", "stylemod_nffb"])
+@pytest.mark.parametrize("name", ["hashgrid", "nffb", pytest.param("stylemod_nffb", marks=pytest.mark.slow)])
 def test_autograd_input_gradient_and_second_derivatives(name):
     encoder = MULTI_LEVEL[name]().double()
     x = (torch.rand(6, 3, dtype=torch.float64) * 1.8 - 0.9).requires_grad_()
