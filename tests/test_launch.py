@@ -125,6 +125,7 @@ def test_export_and_test_modes_rewrite_results(launch, finished_run, tmp_path):
     assert steps == {"test/psnr": [6, 6], "mesh_VERTEX": [6, 6]}
 
 
+@pytest.mark.slow
 def test_point_cloud_export_in_export_and_test_modes(launch, finished_run, tmp_path):
     run_dir = tmp_path / "points"
     shutil.copytree(finished_run, run_dir)
