@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.quality import device_name, launch, publish  # noqa: E402
-from launch import compose_config  # noqa: E402
+from systems.assembly import compose_config  # noqa: E402
 
 
 def jobs(overrides: list[str]) -> dict[str, list[str]]:

@@ -1,7 +1,7 @@
 """Speed benchmark: cost of a NeuS training step, printed as one table and appended to docs/BENCHMARKS.md.
 
 Each case builds the system as launch.py does (configs/config.yaml composed with the case's
-overrides, ``launch.build_system``) and times ``--steps`` training steps after ``--warmup`` steps
+overrides, ``systems.assembly.build_system``) and times ``--steps`` training steps after ``--warmup`` steps
 (torch.compile, the first grid updates and the adaptive ray count settle there), without
 validation, checkpoints or evaluation. Every case runs in a fresh process, so its peak memory is its
 own: ``torch.cuda.max_memory_allocated`` on a GPU, the process's ``ru_maxrss`` on the CPU. The
@@ -33,10 +33,9 @@ if str(ROOT) not in sys.path:
 
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
-import launch  # noqa: E402
 from benchmarks.quality import device_name, publish, run as run_job  # noqa: E402
+from systems.assembly import build_system, compose_config  # noqa: E402
 
 
 def scene(scale: int, views: int) -> list[str]:
@@ -85,12 +84,6 @@ class StepTimer(pl.Callback):
         self.stopped = time.perf_counter()
 
 
-def compose_config(overrides: list[str]):
-    """configs/config.yaml with ``overrides``, as launch.py would see it."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("config", overrides=overrides)
-
-
 def peak_memory_mib(device: torch.device) -> float:
     """Peak GPU memory allocated by PyTorch on CUDA, else the process's peak resident set (MiB)."""
     if device.type == "cuda":
@@ -107,7 +100,7 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
     pl.seed_everything(cfg.seed, verbose=False)
     timer = StepTimer(warmup)
     with tempfile.TemporaryDirectory() as run_dir:
-        system = launch.build_system(cfg, Path(run_dir))
+        system = build_system(cfg, Path(run_dir))
         trainer = pl.Trainer(max_steps=warmup + steps, accelerator=cfg.trainer.accelerator, devices=1,
                              precision=cfg.trainer.precision, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,

@@ -1,7 +1,7 @@
 """Every option of every config group, and every experiment, composes and passes launch.py's start-up checks."""
 import pytest
 
-from launch import CONFIG_DIR, check_config, compose_config
+from systems.assembly import CONFIG_DIR, check_config, compose_config
 
 GROUP_OPTIONS = [f"{group.name}={option.stem}" for group in sorted(CONFIG_DIR.iterdir()) if group.is_dir()
                  for option in sorted(group.glob("*.yaml"))]

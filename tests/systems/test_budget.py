@@ -106,10 +106,10 @@ def test_a_resumed_budget_counts_the_time_already_spent(small_synthetic):
     (["trainer.max_time=00:00:05:00", "trainer.schedule_steps=900"], -1, 300.0),
 ])
 def test_the_trainer_gets_a_budget_only_from_max_time_alone(tmp_path, overrides, max_steps, budget_s):
-    import launch
+    from systems.assembly import build_trainer
 
     cfg = compose_config(["callbacks.lr_monitor=null", *overrides])
-    trainer = launch.build_trainer(cfg, tmp_path, [])
+    trainer = build_trainer(cfg, tmp_path, [])
     budgets = [c for c in trainer.callbacks if isinstance(c, TimeBudget)]
     assert trainer.max_steps == max_steps
     assert [b.budget_s for b in budgets] == ([budget_s] if budget_s else [])

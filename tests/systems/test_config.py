@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from datasets.errors import InputError
-from launch import UNCHECKED, check_config, compose_config
+from systems.assembly import UNCHECKED, check_config, compose_config
 from systems.config import IDRConfig, NeuSConfig, NeuSLoss, Optim, as_section, check_targets
 from systems.idr import IDRSystem
 from systems.neus import NeuSSystem

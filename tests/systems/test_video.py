@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from datasets.errors import InputError
-from launch import build_system, compose_config
+from systems.assembly import build_system, compose_config
 from models.cameras import rotation_angle_deg
 from systems.video import camera_path, look_at, render_videos
 

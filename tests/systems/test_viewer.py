@@ -21,7 +21,7 @@ import viser.transforms as vtf
 from viser import _messages
 from websockets.sync.client import connect
 
-from launch import build_system, compose_config
+from systems.assembly import build_system, compose_config
 from systems.config import Viewer as ViewerSettings
 from systems.mesh_io import save_mesh
 from systems.viewer import Viewer, ViewerCallback, open_run, world_poses
