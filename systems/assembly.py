@@ -25,7 +25,8 @@ from datasets.errors import InputError, one_line
 from datasets.scene import Scene
 from datasets.sequence import Sequence
 from systems.base import BaseSystem
-from systems.config import check_sections, check_targets, parse_duration, register_configs
+from systems.config import Eval, Export, as_section, parse_duration, register_configs
+from systems.validation import check_sections, check_targets
 from systems.callbacks import AtomicCheckpointIO, Evaluation, MeshExport, TerminateTestOnSigterm, TimeBudget, flatten
 from systems.trust import build, check_run_targets
 from systems.run_dir import find_checkpoint, load_weights
@@ -105,13 +106,6 @@ def load_scene(cfg: DictConfig) -> Scene | Sequence:
         raise InputError(loader["root"], f"scene folder does not exist (searched under data_dir={cfg.data_dir}); pass data_dir=DIR "
                                          "(the folder holding dtu/, nerf_synthetic/) or dataset.root=SCENE_DIR")
     return build(loader, _convert_="all")
-
-
-def default_resolution(cfg: DictConfig) -> int:
-    """The marching-cubes grid of the mesh export: ``export.resolution``, else 512 on a GPU and 192 on the CPU."""
-    if cfg.export.resolution is not None:
-        return int(cfg.export.resolution)
-    return 512 if torch.cuda.is_available() else 192
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resume_dir: Path | None = None) -> pl.Trainer:
@@ -202,11 +196,8 @@ def mesh_filename(export: DictConfig) -> str:
 
 def outputs(cfg: DictConfig, run_dir: Path, mesh_path: Path) -> tuple[MeshExport, Evaluation]:
     """The mesh export (to ``mesh_path``) and evaluation (``run_dir/metrics.json``) callbacks of ``cfg.export``, ``cfg.eval``."""
-    export = MeshExport(mesh_path, default_resolution(cfg), cfg.export.largest_component, cfg.export.vertex_colors,
-                        cameras_path=run_dir / "cameras_refined.npz", target_faces=cfg.export.target_faces,
-                        texture_size=cfg.export.texture_size if cfg.export.texture else None)
-    evaluation = Evaluation(run_dir, mesh_path, cfg.eval.chamfer_points, cfg.eval.max_dist, cfg.eval.mask_dilation,
-                            protocol=cfg.eval.protocol, dtu_dir=cfg.eval.dtu_dir, scan=cfg.scan)
+    export = MeshExport(mesh_path, as_section(Export, OmegaConf.to_container(cfg.export, resolve=True)), cameras_path=run_dir / "cameras_refined.npz")
+    evaluation = Evaluation(run_dir, mesh_path, as_section(Eval, OmegaConf.to_container(cfg.eval, resolve=True)), scan=cfg.scan)
     evaluation.hparams = flatten(OmegaConf.to_container(cfg, resolve=True))
     return export, evaluation
 

@@ -29,7 +29,7 @@ from models.rays import RayBundle, image_rays, pixel_rays
 from models.samplers import OccupancyGrid
 from models.texture import bake_texture
 from systems.callbacks import StepSchedules
-from systems.config import BackgroundFieldConfig, Optim, Optimizer, Scheduler, as_section
+from systems.config import BackgroundFieldConfig, Optim, Optimizer, Scheduler, SystemConfig, as_section
 from systems.schedules import ScheduleClock
 from systems.mesh_io import save_cameras, save_mesh, save_textured_mesh
 from systems.trust import build
@@ -62,8 +62,8 @@ class BaseSystem(pl.LightningModule):
         optim: Optim | dict | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | Optimizer | dict | None = None,
         scheduler: Callable[..., Any] | Scheduler | dict | None = None,
-        render_chunk: int = 4096,
-        eval_downscale: int = 1,
+        render_chunk: int = SystemConfig.render_chunk,
+        eval_downscale: int = SystemConfig.eval_downscale,
         run_dir: str | None = None,
     ) -> None:
         super().__init__()

@@ -15,8 +15,8 @@ from datasets.sequence import Sequence
 from systems.assembly import build_system, build_trainer, load_run, load_scene, mesh_filename, outputs, single_scene_mode
 from systems.base import BaseSystem
 from systems.callbacks import StopReason, TrainTime, exit_on_sigterm
+from systems.config import Video, as_section
 from systems.config import Viewer as ViewerSettings
-from systems.config import as_section
 from systems.inspect import inspect_init, transfer as transfer_appearance
 from systems.mesh_io import textured_files
 from systems.run_dir import find_checkpoint, load_weights, remove_temporaries
@@ -76,8 +76,7 @@ def video(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """mode=video: MP4s of RGB and normals of a trained run along ``cfg.video.path``."""
     loaded = load(cfg, run_dir)
     exit_on_sigterm(run_dir, cfg.mode)  # no Lightning loop here to defer a SIGTERM to
-    v = cfg.video
-    videos = render_videos(loaded.system.eval(), run_dir / "video", v.frames, v.fps, v.size, v.path)
+    videos = render_videos(loaded.system.eval(), run_dir / "video", as_section(Video, OmegaConf.to_container(cfg.video)))
     return {"step": loaded.step, "video": [str(p) for p in videos]}
 
 

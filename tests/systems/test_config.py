@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 from datasets.errors import InputError
 from systems.assembly import UNCHECKED, check_config, compose_config
-from systems.config import IDRConfig, NeuSConfig, NeuSLoss, Optim, as_section, check_targets
+from systems.config import IDRConfig, NeuSConfig, NeuSLoss, Optim, as_section
+from systems.validation import check_targets
 from systems.idr import IDRSystem
 from systems.neus import NeuSSystem
 
