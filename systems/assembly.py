@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
