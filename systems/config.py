@@ -261,9 +261,17 @@ class NeuSConfig(VolumeConfig):
 
 
 @dataclass
-class VolSDFConfig(VolumeConfig):
+class VolSDFConfig(NeuSConfig):
+    """VolSDF extends NeuS's config (configs/system/volsdf.yaml), without its cosine annealing."""
+
     _target_: str = "systems.volsdf.VolSDFSystem"
     name: str = "volsdf"
+    cos_anneal_steps: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cos_anneal_steps != 0:
+            raise InputError("cos_anneal_steps", "VolSDF has no cosine annealing (its opacity does not use the SDF's slope); leave it 0")
 
 
 @dataclass
