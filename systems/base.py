@@ -77,10 +77,7 @@ class BaseSystem(pl.LightningModule):
         self.render_chunk, self.eval_downscale = render_chunk, eval_downscale
         self.run_dir = Path(run_dir) if run_dir else None
         self.learned_background = nn.Parameter(torch.zeros(3)) if background == "learned" else None
-        field_cfg = as_section(BackgroundFieldConfig, background_field)
-        if background == "nerf" and not (field_cfg.n_samples >= 1 and 1 <= field_cfg.sh_degree <= 4):
-            raise InputError("system.background_field", f"n_samples must be >= 1 and sh_degree in 1..4, got {field_cfg.n_samples} "
-                                                        f"and {field_cfg.sh_degree}")
+        field_cfg = as_section(BackgroundFieldConfig, background_field)  # its values checked by the section
         self.background_field = BackgroundField(**dataclasses.asdict(field_cfg)) if background == "nerf" else None
         self.test_metrics: list[dict[str, float]] = []  # per held-out view, after the test epoch (rank 0)
         self.test_renders: dict[str, dict[str, np.ndarray]] = {}  # {view label: {rgb, normal, depth}} after the test epoch (rank 0)

@@ -218,8 +218,10 @@ class BackgroundFieldConfig:
     sh_degree: int = 4       # of the view direction
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "n_samples", "hidden_dim", "n_layers")
-        at_least(self, 0, "n_frequencies", "sh_degree")
+        at_least(self, 1, "n_samples", "hidden_dim", "n_layers", "sh_degree")
+        at_least(self, 0, "n_frequencies")
+        if self.sh_degree > 4:
+            raise InputError("sh_degree", f"must be at most 4 (the spherical harmonics we evaluate), got {self.sh_degree}")
 
 
 @dataclass
