@@ -50,6 +50,7 @@ PENDING = {
     ("models.fields.ColorField", "feature_dim"), ("models.fields.ColorField", "hidden_dim"), ("models.fields.ColorField", "n_layers"),
     ("models.fields.SDFField", "feature_dim"), ("models.fields.SDFField", "init_radius"),
     ("models.ray_tracing.SphereTracer", "n_line_search"),
+    ("systems.idr.IDRSystem", "n_rays"),  # IDRConfig's, which system=idr_paper doubles
 }
 
 
