@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-import launch
+from systems.assembly import build_system
 from systems.base import opacity_mask_loss
-from systems.run_dir import load_weights
+from systems.run_dir import find_checkpoint, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,10 +36,10 @@ def converge(run: Path, overrides: dict, lr: float, steps: int, every: int, rays
     """Mean rotation error (degrees) of the training views at steps 0, every, 2 every, ... steps."""
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     cfg.camera = OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "camera" / "trainable.yaml"), {"noise": NOISE, **overrides})
-    _, ckpt = launch.find_checkpoint(str(run))
+    _, ckpt = find_checkpoint(str(run))
     state = load_weights(ckpt)["state_dict"]
     torch.manual_seed(0)
-    system = launch.build_system(cfg, run)
+    system = build_system(cfg, run)
     system.load_state_dict({k: v for k, v in state.items() if not k.startswith("cameras.")}, strict=False)
     system.requires_grad_(False)
     system.cameras.requires_grad_(True)

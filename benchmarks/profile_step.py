@@ -1,6 +1,6 @@
 """Profile training steps with torch.profiler: where one step of a system spends its time.
 
-Builds the system as launch.py does (``benchmarks.speed.compose_config`` with the given overrides),
+Builds the system as launch.py does (``systems.assembly.compose_config`` with the given overrides),
 trains ``--warmup`` untimed steps (torch.compile, grid warm-up and the adaptive ray count settle
 there), then profiles ``--steps`` steps and prints the operators with the most self CPU time, as a
 markdown table (share of the profiled time, calls, and ms per step).
@@ -18,8 +18,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from torch.profiler import ProfilerActivity, profile
 
-import launch
-from benchmarks.speed import compose_config
+from systems.assembly import build_system, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +44,7 @@ def profile_steps(overrides: list[str], steps: int, warmup: int) -> list[dict]:
     pl.seed_everything(cfg.seed, verbose=False)
     callback = ProfileSteps(warmup)
     with tempfile.TemporaryDirectory() as run_dir:
-        system = launch.build_system(cfg, Path(run_dir))
+        system = build_system(cfg, Path(run_dir))
         trainer = pl.Trainer(max_steps=warmup + steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                              inference_mode=False, callbacks=[callback])

@@ -39,7 +39,7 @@ BUDGET = ["trainer.max_time=00:00:20:00", "trainer.max_steps=3000"]
 def aligned_iou(run_dir: Path, scene_dir: Path, reference_dir: Path, downscale: int = 2) -> dict[str, float]:
     """Mean held-out IoU of a run on a COLMAP scene, its held-out views rendered from their reference
     cameras mapped into the COLMAP frame; and the training views' pose errors after that alignment."""
-    from launch import load_run  # noqa: PLC0415  (imports Lightning; only this job needs it)
+    from systems.assembly import load_run  # noqa: PLC0415  (imports Lightning; only this job needs it)
     from models.cameras import pose_errors  # noqa: PLC0415
 
     system = load_run(str(run_dir))

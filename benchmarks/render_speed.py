@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-import launch
 import systems.neus
 from benchmarks.quality import device_name, publish
 from models.metrics import psnr
+from systems.assembly import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--downscale", type=int, default=None, help="render at 1/N resolution (default: the run's own)")
     parser.add_argument("--no-append", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     args = parser.parse_args()
-    system = launch.load_run(args.run)
+    system = load_run(args.run)
     if args.downscale:
         system.eval_downscale = args.downscale
     stop = systems.neus.EVAL_STOP_TRANSMITTANCE

@@ -16,7 +16,7 @@ from datetime import date
 from pathlib import Path
 
 from benchmarks.quality import device_name, launch, publish
-from launch import compose_config
+from systems.assembly import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

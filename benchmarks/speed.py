@@ -1,7 +1,7 @@
 """Speed benchmark: cost of a NeuS training step, printed as one table and appended to docs/BENCHMARKS.md.
 
 Each case builds the system as launch.py does (configs/config.yaml composed with the case's
-overrides, ``launch.build_system``) and times ``--steps`` training steps after ``--warmup`` steps
+overrides, ``systems.assembly.build_system``) and times ``--steps`` training steps after ``--warmup`` steps
 (torch.compile, the first grid updates and the adaptive ray count settle there), without
 validation, checkpoints or evaluation. Every case runs in a fresh process, so its peak memory is its
 own: ``torch.cuda.max_memory_allocated`` on a GPU, the process's ``ru_maxrss`` on the CPU. The
@@ -32,11 +32,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import launch
 from benchmarks.quality import device_name, publish, run as run_job
+from systems.assembly import build_system, compose_config
 from systems.config import Viewer as ViewerSettings, as_section
 from systems.viewer import ViewerCallback
 
@@ -90,12 +89,6 @@ class StepTimer(pl.Callback):
         self.stopped = time.perf_counter()
 
 
-def compose_config(overrides: list[str]):
-    """configs/config.yaml with ``overrides``, as launch.py would see it."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("config", overrides=overrides)
-
-
 def peak_memory_mib(device: torch.device) -> float:
     """Peak GPU memory allocated by PyTorch on CUDA, else the process's peak resident set (MiB)."""
     if device.type == "cuda":
@@ -113,7 +106,7 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
     timer = StepTimer(warmup)
     viewer = [ViewerCallback(as_section(ViewerSettings, OmegaConf.to_container(cfg.viewer)))] if cfg.viewer.enabled else []
     with tempfile.TemporaryDirectory() as run_dir:
-        system = launch.build_system(cfg, Path(run_dir))
+        system = build_system(cfg, Path(run_dir))
         trainer = pl.Trainer(max_steps=warmup + steps, accelerator=cfg.trainer.accelerator, devices=1,
                              precision=cfg.trainer.precision, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,

@@ -57,8 +57,8 @@ class SDFField(nn.Module):
     def __init__(
         self,
         encoder: Encoder,
-        hidden_dim: int = 64,
-        n_layers: int = 2,
+        hidden_dim: int,
+        n_layers: int,
         feature_dim: int = 15,
         activation: str = "softplus",
         beta: float = 100.0,

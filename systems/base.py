@@ -30,7 +30,7 @@ from models.motion import MovingObjectCameras, RigidMotion
 from models.neus import NeuSModel
 from models.texture import bake_texture
 from systems.callbacks import StepSchedules
-from systems.config import BackgroundFieldConfig, Optim, Optimizer, Scheduler, as_section
+from systems.config import BackgroundFieldConfig, Optim, Optimizer, Scheduler, SystemConfig, as_section
 from systems.mesh_io import point_cloud_path, save_cameras, save_mesh, save_point_cloud, save_textured_mesh
 from systems.schedules import ScheduleClock
 from systems.trust import build
@@ -57,14 +57,14 @@ class BaseSystem(pl.LightningModule):
         model: nn.Module,
         cameras: CameraRig,
         scene: Scene,
-        name: str = "",
-        background: str = "black",
+        name: str,
+        background: str,
         background_field: BackgroundFieldConfig | dict | None = None,
         optim: Optim | dict | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | Optimizer | dict | None = None,
         scheduler: Callable[..., Any] | Scheduler | dict | None = None,
-        render_chunk: int = 4096,
-        eval_downscale: int = 1,
+        render_chunk: int = SystemConfig.render_chunk,
+        eval_downscale: int = SystemConfig.eval_downscale,
         run_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -78,10 +78,7 @@ class BaseSystem(pl.LightningModule):
         self.render_chunk, self.eval_downscale = render_chunk, eval_downscale
         self.run_dir = Path(run_dir) if run_dir else None
         self.learned_background = nn.Parameter(torch.zeros(3)) if background == "learned" else None
-        field_cfg = as_section(BackgroundFieldConfig, background_field)
-        if background == "nerf" and not (field_cfg.n_samples >= 1 and 1 <= field_cfg.sh_degree <= 4):
-            raise InputError("system.background_field", f"n_samples must be >= 1 and sh_degree in 1..4, got {field_cfg.n_samples} "
-                                                        f"and {field_cfg.sh_degree}")
+        field_cfg = as_section(BackgroundFieldConfig, background_field)  # its values checked by the section
         self.background_field = BackgroundField(**dataclasses.asdict(field_cfg)) if background == "nerf" else None
         self.test_metrics: list[dict[str, float]] = []  # per held-out view, after the test epoch (rank 0)
         self.test_renders: dict[str, dict[str, np.ndarray]] = {}  # {view label: {rgb, normal, depth}} after the test epoch (rank 0)

@@ -22,13 +22,13 @@ from core.io import atomic_write
 from models.interfaces import StepHook
 from models.mesh import decimate
 from models.metrics import chamfer_distance, downsample_points, dtu_official_distances, sample_surface_grid, visible_in_masks
+from systems.config import Eval, Export
 from systems.mesh_io import dtu_official_paths, load_dtu_official, load_reference, point_cloud_path, textured_files
 from systems.run_dir import load_weights
 
 log = logging.getLogger(__name__)
 TENSORBOARD_MAX_FACES = 50_000  # meshes logged to TensorBoard are decimated to this many faces
 DTU_DENSITY = 0.2  # mm: DTU's official evaluation samples the mesh and downsamples it to points this far apart
-PROTOCOLS = ("masked", "dtu_official")
 
 
 class StepSchedules(pl.Callback):
@@ -249,23 +249,23 @@ class MeshExport(pl.Callback):
     ``cameras_path`` (NeuS/IDR layout) when the system has any; on rank 0 only. ``step``: the step the
     mesh is logged at (None: the trainer's; a run evaluated from a checkpoint passes the checkpoint's)."""
 
-    def __init__(self, path: str | Path, resolution: int, keep_largest: bool = True, colors: bool = True,
-                 cameras_path: str | Path | None = None, target_faces: int | None = None,
-                 texture_size: int | None = None, step: int | None = None, points: int = 0) -> None:
-        self.path, self.resolution, self.keep_largest, self.colors = Path(path), resolution, keep_largest, colors
+    def __init__(self, path: str | Path, settings: Export, cameras_path: str | Path | None = None, step: int | None = None) -> None:
+        self.path, self.settings, self.step = Path(path), settings, step
         self.cameras_path = None if cameras_path is None else Path(cameras_path)
-        self.target_faces, self.texture_size, self.step, self.points = target_faces, texture_size, step, points
+        # the marching-cubes grid: export.resolution, else 512 on a GPU and 192 on the CPU
+        self.resolution = settings.resolution if settings.resolution is not None else 512 if torch.cuda.is_available() else 192
+        self.texture_size = settings.texture_size if settings.texture else None
 
     def export(self, pl_module: pl.LightningModule) -> dict[str, Any]:
         """Write the mesh (and what ``texture_size``, ``points`` and trainable cameras add); returns the result
         files: ``mesh``, and ``textured`` (a list) and ``points`` when written."""
         started = time.time()
         log.info("exporting the mesh: marching cubes on a %d^3 grid ...", self.resolution)
-        vertices, faces = pl_module.export_mesh(self.path, self.resolution, self.keep_largest, self.colors,
-                                                self.target_faces, self.texture_size, self.points)
+        vertices, faces = pl_module.export_mesh(self.path, self.resolution, self.settings.largest_component, self.settings.vertex_colors,
+                                                self.settings.target_faces, self.texture_size, self.settings.points)
         log.info("mesh: %d vertices, %d faces in %.0f s -> %s", len(vertices), len(faces), time.time() - started, self.path)
-        if self.points:
-            log.info("point cloud: %d points with normals and colours -> %s", self.points if len(faces) else 0, point_cloud_path(self.path))
+        if self.settings.points:
+            log.info("point cloud: %d points with normals and colours -> %s", self.settings.points if len(faces) else 0, point_cloud_path(self.path))
         if self.texture_size:
             log.info("textured mesh -> %s", ", ".join(str(p) for p in textured_files(self.path)))
         if self.cameras_path is not None and pl_module.trainable_cameras:
@@ -273,7 +273,7 @@ class MeshExport(pl.Callback):
         written: dict[str, Any] = {"mesh": str(self.path)}
         if self.texture_size:
             written["textured"] = [str(p) for p in textured_files(self.path)]
-        if self.points:
+        if self.settings.points:
             written["points"] = str(point_cloud_path(self.path))
         return written
 
@@ -308,22 +308,19 @@ class Evaluation(pl.Callback):
     prediction culled to the dilated masks; ``"dtu_official"``: DTU's own evaluation of ``scan`` with the
     files under ``dtu_dir`` (checked here, so a run without them stops before training)."""
 
-    def __init__(self, run_dir: str | Path, mesh_path: str | Path, chamfer_points: int = 200_000,
-                 max_dist: float = 20.0, mask_dilation: int = 12, extra: dict[str, Any] | None = None,
-                 protocol: str = "masked", dtu_dir: str | Path | None = None, scan: int | None = None) -> None:
+    def __init__(self, run_dir: str | Path, mesh_path: str | Path, settings: Eval, scan: int | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         self.run_dir, self.mesh_path = Path(run_dir), Path(mesh_path)
-        self.chamfer_points, self.max_dist, self.mask_dilation = chamfer_points, max_dist, mask_dilation
+        self.chamfer_points, self.max_dist, self.mask_dilation = settings.chamfer_points, settings.max_dist, settings.mask_dilation
         self.extra = extra or {}
         self.hparams: dict[str, Any] = {}  # the run's flattened config, logged with the final metrics (TensorBoard's HParams tab)
         self.metrics: dict[str, Any] = {}
         self.started = time.time()
-        if protocol not in PROTOCOLS:
-            raise InputError("eval.protocol", f"unknown value {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-        if protocol == "dtu_official":
-            if dtu_dir is None or scan is None:
-                raise InputError("eval.dtu_dir", "eval.protocol=dtu_official needs eval.dtu_dir=DIR (holding Points/stl and ObsMask) and scan")
-            dtu_official_paths(dtu_dir, scan)
-        self.protocol, self.dtu_dir, self.scan = protocol, dtu_dir, scan
+        if settings.protocol == "dtu_official":  # the section checked its value and eval.dtu_dir; the files are checked here
+            if scan is None:
+                raise InputError("scan", "eval.protocol=dtu_official needs the DTU scan id")
+            dtu_official_paths(settings.dtu_dir, scan)
+        self.protocol, self.dtu_dir, self.scan = settings.protocol, settings.dtu_dir, scan
 
     def dtu_official(self) -> dict[str, float]:
         """DTU's official evaluation of the exported mesh (world millimetres): sampled densely, downsampled

@@ -8,25 +8,21 @@ runs. ``python launch.py --cfg job`` prints the composed config with every defau
 """
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import inspect
-import types
-import typing
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from hydra.core.config_store import ConfigStore
-from hydra.utils import get_method
-from omegaconf import II, MISSING, DictConfig, OmegaConf
+from omegaconf import II, MISSING, OmegaConf
 
 from core.errors import InputError
 
 from systems.schedules import scheduled
 
 T = TypeVar("T")
+EVAL_PROTOCOLS = ("masked", "dtu_official")
+VIDEO_PATHS = ("turntable", "cameras", "both")
 
 
 def as_section(cls: type[T], value: T | dict | None) -> T:
@@ -41,14 +37,28 @@ def as_section(cls: type[T], value: T | dict | None) -> T:
     return cls(**value)
 
 
+def field_key(section: Any, name: str) -> str:
+    """The config key of field ``name`` of ``section``: ``KEY.name`` for a top-level section (its ``KEY``), else
+    ``name`` (:func:`systems.validation.check_sections` prefixes the section's own key)."""
+    key = getattr(section, "KEY", None)
+    return f"{key}.{name}" if key else name
+
+
 def at_least(section: Any, minimum: float, *names: str, strict: bool = False) -> None:
     """Refuse (InputError naming the field) a numeric field of ``section`` below ``minimum`` (or equal to it,
     ``strict``); None (unset) passes. Called by the sections' ``__post_init__``, which launch.py runs at start
-    (:func:`check_sections`), so a bad value stops before a run directory exists, not late in the run."""
+    (:func:`systems.validation.check_sections`), so a bad value stops before a run directory exists, not late in the run."""
     for name in names:
         value = getattr(section, name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and (value <= minimum if strict else value < minimum):
-            raise InputError(name, f"must be {'greater than' if strict else 'at least'} {minimum}, got {value}")
+            raise InputError(field_key(section, name), f"must be {'greater than' if strict else 'at least'} {minimum}, got {value}")
+
+
+def one_of(section: Any, name: str, choices: tuple[str, ...]) -> None:
+    """Refuse (InputError naming the field) a string field of ``section`` that is none of ``choices``."""
+    value = getattr(section, name)
+    if value not in choices:
+        raise InputError(field_key(section, name), f"unknown value {value!r}; choose one of {', '.join(choices)}")
 
 
 def parse_duration(text: str) -> float:
@@ -208,8 +218,10 @@ class BackgroundFieldConfig:
     sh_degree: int = 4       # of the view direction
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "n_samples", "hidden_dim", "n_layers")
-        at_least(self, 0, "n_frequencies", "sh_degree")
+        at_least(self, 1, "n_samples", "hidden_dim", "n_layers", "sh_degree")
+        at_least(self, 0, "n_frequencies")
+        if self.sh_degree > 4:
+            raise InputError("sh_degree", f"must be at most 4 (the spherical harmonics we evaluate), got {self.sh_degree}")
 
 
 @dataclass
@@ -251,9 +263,17 @@ class NeuSConfig(VolumeConfig):
 
 
 @dataclass
-class VolSDFConfig(VolumeConfig):
+class VolSDFConfig(NeuSConfig):
+    """VolSDF extends NeuS's config (configs/system/volsdf.yaml), without its cosine annealing."""
+
     _target_: str = "systems.volsdf.VolSDFSystem"
     name: str = "volsdf"
+    cos_anneal_steps: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cos_anneal_steps != 0:
+            raise InputError("cos_anneal_steps", "VolSDF has no cosine annealing (its opacity does not use the SDF's slope); leave it 0")
 
 
 @dataclass
@@ -340,6 +360,9 @@ class Logger:
 
 @dataclass
 class Export:
+    """``export``: the mesh written after training (mode=train, test, export)."""
+
+    KEY: ClassVar[str] = "export"
     resolution: int | None = None  # marching-cubes grid; None: 512 on a GPU, 192 on the CPU
     largest_component: bool = True
     vertex_colors: bool = True
@@ -360,6 +383,7 @@ class Export:
 class Video:
     """mode=video: MP4s of RGB and normals along a camera path."""
 
+    KEY: ClassVar[str] = "video"
     frames: int = 60
     fps: int = 30
     size: int = 256                # longer side of the frames in pixels (at most the images')
@@ -368,10 +392,14 @@ class Video:
     def __post_init__(self) -> None:
         at_least(self, 1, "frames", "fps")
         at_least(self, 8, "size")
+        one_of(self, "path", VIDEO_PATHS)
 
 
 @dataclass
 class Eval:
+    """``eval``: how the exported mesh is scored (systems.callbacks.Evaluation)."""
+
+    KEY: ClassVar[str] = "eval"
     chamfer_points: int = 200000
     max_dist: float = 20.0         # DTU caps distances at 20 world units
     mask_dilation: int = 12        # pixels; the prediction is culled to the dilated masks of the views that see it
@@ -382,6 +410,9 @@ class Eval:
         at_least(self, 1, "chamfer_points")
         at_least(self, 0, "mask_dilation")
         at_least(self, 0, "max_dist", strict=True)
+        one_of(self, "protocol", EVAL_PROTOCOLS)
+        if self.protocol == "dtu_official" and self.dtu_dir is None:
+            raise InputError("eval.dtu_dir", "eval.protocol=dtu_official needs eval.dtu_dir=DIR (holding Points/stl and ObsMask) and scan")
 
 
 @dataclass
@@ -460,101 +491,3 @@ def register_configs() -> None:
     store.store(name="idr_schema", node=IDRConfig)
     # ${basename:PATH}: a folder's own name (a run of dataset=ngp dataset.root=DIR is named after DIR)
     OmegaConf.register_new_resolver("basename", lambda path: Path(str(path)).name, replace=True)
-
-
-def _matches(value: Any, annotation: Any) -> bool:
-    """Whether a plain config value (None, bool, int, float, str, list, dict) fits ``annotation``;
-    annotations that are not plain types (modules, tensors, ...) accept anything."""
-    if annotation is Any or (isinstance(value, dict) and "_target_" in value):
-        return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(annotation))
-    annotation = origin or annotation
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if annotation in (list, tuple, collections.abc.Sequence):
-        return isinstance(value, (list, tuple))
-    if annotation in (dict, collections.abc.Mapping):
-        return isinstance(value, dict)
-    return True
-
-
-def check_targets(node: Any, key: str = "", ignore: Mapping[str, Iterable[str]] | None = None) -> None:
-    """Check every ``_target_`` node of a resolved config (plain containers) against its target's
-    signature: no unknown key (unless it takes ``**kwargs``) and every value of a plainly typed
-    argument of the right type. ``ignore`` maps a node's key to keys it may hold besides arguments.
-
-    Raises:
-        InputError: naming the full key and the problem.
-    """
-    ignore = ignore or {}
-    if isinstance(node, list):
-        for i, item in enumerate(node):
-            check_targets(item, f"{key}[{i}]", ignore)
-        return
-    if not isinstance(node, dict):
-        return
-    if "_target_" in node:
-        try:
-            target = get_method(node["_target_"]) if "." in str(node["_target_"]) else None
-        except Exception as err:  # Hydra wraps import errors of every kind
-            raise InputError(f"{key}._target_", f"cannot import {node['_target_']!r} ({err.__cause__ or err})") from err
-        function = target.__init__ if isinstance(target, type) else target
-        parameters = inspect.signature(target).parameters
-        try:
-            hints = typing.get_type_hints(function)
-        except NameError:  # an annotation naming a type imported for type checking only: no type checks
-            hints = {}
-        takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
-        for name, value in node.items():
-            full = f"{key}.{name}" if key else name
-            if name.startswith("_") or name in set(ignore.get(key, ())):
-                continue
-            if name not in parameters:
-                if not takes_any:
-                    choices = ", ".join(p for p in parameters if p not in ("self", "args", "kwargs"))
-                    raise InputError(full, f"unknown key for {node['_target_']}; its arguments are {choices}")
-                continue
-            if name in hints and not _matches(value, hints[name]):
-                raise InputError(full, f"expected {_type_name(hints[name])}, got {value!r}")
-    for name, value in node.items():
-        check_targets(value, f"{key}.{name}" if key else name, ignore)
-
-
-def _type_name(annotation: Any) -> str:
-    """A short readable name of a type annotation (``int | None``)."""
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def check_sections(node: DictConfig, key: str = "") -> None:
-    """Refuse keys added (``+key=value``) to a typed section of a composed config: Hydra lets them
-    into a structured node, where nothing would read them. A typed ``_target_`` object (``trainer``,
-    ``system.optimizer``) takes them: :func:`check_targets` checks them against its signature.
-    Then build each typed section below the top level as its dataclass, deepest first, so that its
-    ``__post_init__`` range checks (which OmegaConf does not run when composing) refuse a bad value now."""
-    schema = OmegaConf.get_type(node)
-    typed = dataclasses.is_dataclass(schema) and "_target_" not in node
-    fields = {f.name for f in dataclasses.fields(schema)} if typed else None
-    for name in node.keys():
-        full = f"{key}.{name}" if key else str(name)
-        if fields is not None and name not in fields:
-            raise InputError(full, f"unknown key; {schema.__name__} has {', '.join(sorted(fields))}")
-        child = node._get_node(name)
-        if isinstance(child, DictConfig):
-            check_sections(child, full)
-    if key and dataclasses.is_dataclass(schema) and hasattr(schema, "__post_init__"):
-        try:
-            OmegaConf.to_object(node)
-        except InputError as err:
-            raise InputError(f"{key}.{err.where}", err.problem) from err
-        except Exception:  # keys added to a _target_ object, a missing value: reported by the other checks
-            pass

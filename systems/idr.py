@@ -11,7 +11,7 @@ from core.errors import InputError
 from core.geometry import RayBundle
 from models.idr import IDRModel, mask_loss
 from systems.base import BaseSystem, curvature_loss, log_scalars
-from systems.config import IDRLoss, IDROptim, IDROptimizer, as_section
+from systems.config import IDRConfig, IDRLoss, IDROptim, IDROptimizer, as_section
 
 
 class IDRSystem(BaseSystem):
@@ -32,7 +32,7 @@ class IDRSystem(BaseSystem):
     optim_schema = IDROptim
     optimizer_schema = IDROptimizer
 
-    def __init__(self, model: IDRModel, *args: Any, n_rays: int = 1024, loss: IDRLoss | dict | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: IDRModel, *args: Any, n_rays: int = IDRConfig.n_rays, loss: IDRLoss | dict | None = None, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
         self.n_rays = int(n_rays)
         self.loss_cfg = as_section(IDRLoss, loss)

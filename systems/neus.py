@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from core.geometry import RayBundle
 from models.neus import NeuSModel
 from systems.base import BaseSystem, curvature_loss, log_scalars, opacity_mask_loss
-from systems.config import NeuSLoss, Rays, VisualHull, as_section
+from systems.config import NeuSConfig, NeuSLoss, Rays, VisualHull, as_section
 
 log = logging.getLogger(__name__)
 # Evaluation renders (held-out views, validation, videos, the viewer) stop marching a ray once less than this
@@ -36,7 +36,7 @@ class NeuSSystem(BaseSystem):
     model: NeuSModel
 
     def __init__(self, model: NeuSModel, *args: Any, loss: NeuSLoss | dict | None = None, rays: Rays | dict | None = None,
-                 cos_anneal_steps: int = 200, visual_hull: VisualHull | dict | None = None, **kwargs: Any) -> None:
+                 cos_anneal_steps: int = NeuSConfig.cos_anneal_steps, visual_hull: VisualHull | dict | None = None, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
         self.loss_cfg = as_section(NeuSLoss, loss)
         self.rays_cfg = as_section(Rays, rays)

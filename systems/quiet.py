@@ -1,5 +1,5 @@
 """Library messages a run cannot act on, filtered out of its output; those our own code caused are
-fixed where they arose instead (``weights_only`` in launch.py's final checkpoint, the callback
+fixed where they arose instead (``weights_only`` in systems/modes.py's final checkpoint, the callback
 override in ``BaseSystem.configure_callbacks``)."""
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,18 @@ import imageio.v3 as iio
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from core.errors import InputError
 from core.io import atomic_write
 from datasets.scene import Scene
 from datasets.sequence import Sequence
-from models.cameras import rotation_angle_deg
+from models.cameras import FixedCameras, rotation_angle_deg
 from models.motion import MovingObjectCameras, RigidMotion
+from systems.assembly import build_system, build_trainer, outputs, single_scene_mode
 from systems.base import BaseSystem
-from systems.callbacks import Evaluation, MeshExport, write_json
-from systems.config import SequenceSettings
+from systems.callbacks import write_json
+from systems.config import SequenceSettings, as_section
 from systems.run_dir import load_weights, newest_checkpoint, remove_temporaries
 from systems.video import write_video
 
@@ -128,20 +130,53 @@ def write_table(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return metrics
 
 
-def train_sequence(
-    sequence: Sequence,
-    settings: SequenceSettings,
-    run_dir: Path,
-    make_system: Callable[[Scene, Path], BaseSystem],
-    make_trainer: Callable[[Path, int, list[pl.Callback], bool], pl.Trainer],
-    make_outputs: Callable[[Path, Path], tuple[MeshExport, Evaluation]],
-) -> dict[str, Any]:
-    """Train every frame of ``sequence`` in turn into ``run_dir`` (layout in the module docstring).
+def run_sequence(cfg: DictConfig, run_dir: Path, sequence: Sequence) -> dict[str, Any]:
+    """mode=train of a dynamic scene: refuse what a sequence cannot do, then :func:`train_sequence`."""
+    if cfg.mode != "train":
+        raise single_scene_mode(cfg.mode)
+    if cfg.viewer.enabled:
+        raise InputError("viewer.enabled", "the live viewer shows single scenes; open a sequence run with mode=view resume=RUN")
+    return train_sequence(cfg, sequence, run_dir)
 
-    ``make_system(scene, frame_dir)`` builds a frame's system (its cameras a :class:`MovingObjectCameras`);
-    ``make_trainer(frame_dir, max_steps, callbacks, checkpoints)`` a Lightning trainer; ``make_outputs(frame_dir,
-    mesh_path)`` the mesh export and evaluation callbacks. Returns the summary written to ``metrics.json``.
-    """
+
+def frame_system(cfg: DictConfig, scene: Scene, folder: Path) -> BaseSystem:
+    """The system of ``cfg`` on one frame's ``scene``, its cameras a :class:`MovingObjectCameras`."""
+    system = build_system(cfg, folder, scene=scene)
+    if not isinstance(system.cameras, FixedCameras):
+        raise InputError("camera", "a sequence trains with calibrated cameras (camera=fixed)")
+    system.cameras = moving_cameras(system.cameras)
+    return system
+
+
+def frame_trainer(cfg: DictConfig, run_dir: Path, folder: Path, steps: int, callbacks: list[pl.Callback],
+                  checkpoints: bool) -> pl.Trainer:
+    """Lightning's trainer of ``cfg`` for ``steps`` steps of one frame in ``folder`` (``checkpoints``: with the
+    checkpoint callback); a SIGTERM names the sequence's ``run_dir``, which resumes as a whole."""
+    frame = cfg.copy()
+    frame.trainer.max_steps = steps
+    if not checkpoints:
+        frame.callbacks.checkpoint = None
+    return build_trainer(frame, folder, callbacks, resume_dir=run_dir)
+
+
+@dataclass
+class Frame:
+    """What one frame of a sequence trains: ``index``, in ``folder``, ``steps`` steps continuing the schedules
+    from ``offset``, warm-started from the checkpoint ``previous`` (None: from scratch) after ``motion_steps``
+    steps that fit only the object's rigid motion."""
+
+    index: int
+    folder: Path
+    steps: int
+    motion_steps: int
+    offset: int
+    previous: Path | None
+
+
+def train_sequence(cfg: DictConfig, sequence: Sequence, run_dir: Path) -> dict[str, Any]:
+    """Train every frame of ``sequence`` in turn into ``run_dir`` (layout in the module docstring) as ``cfg``
+    (its ``sequence`` section: the steps per frame) says. Returns the summary written to ``metrics.json``."""
+    settings = as_section(SequenceSettings, OmegaConf.to_container(cfg.sequence))
     rows: list[dict[str, Any]] = []
     previous: Path | None = None  # the last checkpoint of the frame before
     offset = 0  # steps trained by the frames this one continues (their schedules go on from there)
@@ -149,11 +184,11 @@ def train_sequence(
         folder = frame_dir(run_dir, i)
         warm = settings.warm_start and i > 0
         steps = settings.next_frame_steps if warm else settings.first_frame_steps
-        motion_steps = settings.global_motion_steps if warm else 0
         done = folder / "metrics.json"
         if not done.is_file():
-            rows.append(train_frame(sequence, i, folder, run_dir, steps, motion_steps, offset if warm else 0,
-                                    previous if warm else None, make_system, make_trainer, make_outputs))
+            frame = Frame(i, folder, steps, settings.global_motion_steps if warm else 0, offset if warm else 0,
+                          previous if warm else None)
+            rows.append(train_frame(cfg, sequence, frame, run_dir))
         else:
             rows.append(json.loads(done.read_text()))
             log.info("frame %d of %d: done before (%s)", i, len(sequence), done)
@@ -170,17 +205,14 @@ def train_sequence(
     return metrics
 
 
-def train_frame(sequence: Sequence, i: int, folder: Path, run_dir: Path, steps: int, motion_steps: int, offset: int,
-                previous: Path | None, make_system: Callable[[Scene, Path], BaseSystem],
-                make_trainer: Callable[[Path, int, list[pl.Callback], bool], pl.Trainer],
-                make_outputs: Callable[[Path, Path], tuple[MeshExport, Evaluation]]) -> dict[str, Any]:
-    """Train, export and evaluate frame ``i`` into ``folder``: continued from its own newest checkpoint when it
-    has one, else warm-started from ``previous`` (a checkpoint; None: from scratch) after ``motion_steps`` steps
-    that fit only its rigid motion. Returns its row of the table (also its ``metrics.json``)."""
+def train_frame(cfg: DictConfig, sequence: Sequence, frame: Frame, run_dir: Path) -> dict[str, Any]:
+    """Train, export and evaluate ``frame`` of ``sequence``: continued from its own newest checkpoint when it
+    has one, else as ``frame`` says. Returns its row of the table (also its ``metrics.json``)."""
     started = time.time()
+    i, folder, previous, motion_steps = frame.index, frame.folder, frame.previous, frame.motion_steps
     scene = sequence.load(i)
-    system = make_system(scene, folder)
-    system.step_offset = offset
+    system = frame_system(cfg, scene, folder)
+    system.step_offset = frame.offset
     for stale in remove_temporaries(folder):
         log.info("removed %s, left by an interrupted write", stale)
     try:
@@ -194,13 +226,13 @@ def train_frame(sequence: Sequence, i: int, folder: Path, run_dir: Path, steps: 
         warm_start(system, load_weights(previous)["state_dict"])
         if motion_steps:
             set_trainable(system, motion_only=True)
-            make_trainer(folder, motion_steps, [], False).fit(system)
+            frame_trainer(cfg, run_dir, folder, motion_steps, [], False).fit(system)
     set_trainable(system, motion_only=False)
-    export, evaluation = make_outputs(folder, run_dir / "meshes" / f"frame_{i:04d}.ply")
-    trainer = make_trainer(folder, steps, [export, evaluation], True)
+    export, evaluation = outputs(cfg, folder, run_dir / "meshes" / f"frame_{i:04d}.ply")
+    trainer = frame_trainer(cfg, run_dir, folder, frame.steps, [export, evaluation], True)
     trainer.fit(system, ckpt_path=str(resume) if resume else None, weights_only=True)
     trainer.save_checkpoint(folder / "checkpoints" / "last.ckpt")
-    row: dict[str, Any] = {"frame": i, "steps": steps, "motion_steps": motion_steps if previous is not None else 0,
+    row: dict[str, Any] = {"frame": i, "steps": frame.steps, "motion_steps": motion_steps if previous is not None else 0,
                            "train_time_s": round(time.time() - started, 1)}
     if scene.test_ids:
         row["video_view"] = int(scene.test_ids[0])

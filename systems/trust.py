@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,18 @@ ALLOWED_MODULES = ("models", "datasets", "systems", "tools", "torch.optim", "pyt
                    "pytorch_lightning.loggers", "lightning.pytorch.callbacks", "lightning.pytorch.loggers")
 ALLOWED_NAMES = frozenset({"pytorch_lightning.Trainer", "pytorch_lightning.trainer.trainer.Trainer"})
 TRUST_FLAG = "trust_run_targets=true"
-# Targets the user typed on this process's command line (and everything, with the trust flag): not checked.
-_free: set[str] = set()
-_trust_all = False
+
+
+@dataclass
+class Trust:
+    """What this process trusts without checking: the targets the user typed on its command line (``free``),
+    and everything with the trust flag (``all``); set by :func:`trust_command_line`."""
+
+    free: set[str] = field(default_factory=set)
+    all: bool = False
+
+
+_trust = Trust()
 
 
 def _in(module: str, packages: Iterable[str]) -> bool:
@@ -82,9 +92,9 @@ def refusal(key: str, target: Any, origin: str) -> InputError:
 def check_run_targets(node: Any, origin: str, key: str = "", free: Iterable[str] = ()) -> None:
     """Refuse (InputError) a ``_target_`` of ``node`` that is neither allowed nor in ``free`` nor trusted;
     ``origin`` (a file) names where the config came from."""
-    free = set(free) | _free
+    free = set(free) | _trust.free
     for full, target in targets(node, key):
-        if not (_trust_all or target in free or allowed_target(target)):
+        if not (_trust.all or target in free or allowed_target(target)):
             raise refusal(full, target, origin)
 
 
@@ -106,7 +116,7 @@ def check_saved_overrides(overrides: list[str], origin: str) -> None:
     ``_target_`` outside the allow-list, or a ``hydra.*`` key (Hydra saves those elsewhere; they can name
     callbacks and plugins), unless trusted."""
     hydra_key = next((o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))), None)
-    if hydra_key is not None and not _trust_all:
+    if hydra_key is not None and not _trust.all:
         raise InputError(origin, f"sets {hydra_key.split('=', 1)[0]!r}, which a run does not save there; "
                                  f"pass {TRUST_FLAG} if you trust that run")
     try:
@@ -119,10 +129,8 @@ def check_saved_overrides(overrides: list[str], origin: str) -> None:
 def trust_command_line(overrides: Iterable[str], trust_all: bool) -> None:
     """Let :func:`build` make the targets named in ``overrides`` (this process's command line) and, with
     ``trust_all`` (``trust_run_targets=true``), any target."""
-    global _trust_all
-    _trust_all = bool(trust_all)
-    _free.clear()
-    _free.update(target for _, target in targets(override_values(overrides)))
+    _trust.all = bool(trust_all)
+    _trust.free = {target for _, target in targets(override_values(overrides))}
 
 
 def override_values(overrides: Iterable[str]) -> dict[str, Any]:

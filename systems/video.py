@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.errors import InputError
 from core.geometry import look_at
 from core.io import atomic_write
 from models.cameras import matrix_to_quaternion, quaternion_to_matrix
 from systems.base import BaseSystem, visualise
+from systems.config import Video
 
-PATHS = ("turntable", "cameras", "both")
 
 
 def _azimuths(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -127,17 +126,12 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int) -> Path:
     return Path(path)
 
 
-def render_videos(system: BaseSystem, out_dir: str | Path, frames: int = 60, fps: int = 30, size: int = 256,
-                  path: str = "turntable") -> list[Path]:
-    """Write ``{turntable,cameras}_{rgb,normal}.mp4`` to ``out_dir``: ``path`` chooses the turntable
+def render_videos(system: BaseSystem, out_dir: str | Path, settings: Video) -> list[Path]:
+    """Write ``{turntable,cameras}_{rgb,normal}.mp4`` to ``out_dir``: ``settings.path`` chooses the turntable
     (:func:`orbit_path`), the path through the training cameras (:func:`camera_path`) or both;
-    ``frames`` frames at ``fps``, the longer side ``size`` pixels. Returns the paths written."""
-    if path not in PATHS:
-        raise InputError("video.path", f"unknown value {path!r}; choose one of {', '.join(PATHS)}")
-    if frames < 1:
-        raise InputError("video.frames", f"needs at least one frame, got {frames}")
-    if size < 2:
-        raise InputError("video.size", f"needs at least 2 pixels, got {size}")
+    ``settings.frames`` frames at ``settings.fps``, the longer side ``settings.size`` pixels (the section checked
+    these values). Returns the paths written."""
+    frames, fps, size, path = settings.frames, settings.fps, settings.size, settings.path
     train = torch.as_tensor(system.scene.train_ids, device=system.device)
     c2w = system.cameras(train)[1].detach()
     k, _, height, width = scaled_view(system, int(train[0]), size)

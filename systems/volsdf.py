@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.volsdf import VolSDFModel
+from systems.config import VolSDFConfig
 from systems.neus import NeuSSystem
 
 
@@ -15,5 +16,5 @@ class VolSDFSystem(NeuSSystem):
 
     model: VolSDFModel
 
-    def __init__(self, model: VolSDFModel, *args: Any, **kwargs: Any) -> None:
-        super().__init__(model, *args, cos_anneal_steps=0, **kwargs)
+    def __init__(self, model: VolSDFModel, *args: Any, cos_anneal_steps: int = VolSDFConfig.cos_anneal_steps, **kwargs: Any) -> None:
+        super().__init__(model, *args, cos_anneal_steps=cos_anneal_steps, **kwargs)  # 0: VolSDFConfig refuses another value

@@ -565,7 +565,7 @@ def test_a_run_folder_that_cannot_be_made_is_one_line(launch, tiny, tmp_path):
 def test_the_summary_lists_each_output_file_on_a_line_of_its_own(tmp_path):
     from omegaconf import OmegaConf
 
-    from launch import summary
+    from systems.assembly import summary
 
     cfg = OmegaConf.create({"name": "tiny", "mode": "video"})
     videos = [str(tmp_path / "video" / "turntable_rgb.mp4"), str(tmp_path / "video" / "turntable_normal.mp4")]
@@ -575,7 +575,7 @@ def test_the_summary_lists_each_output_file_on_a_line_of_its_own(tmp_path):
 
 
 def test_a_decimated_export_is_named_after_its_face_count():
-    from launch import compose_config, mesh_filename
+    from systems.assembly import compose_config, mesh_filename
 
     assert mesh_filename(compose_config([]).export) == "final.ply"
     assert mesh_filename(compose_config(["export.target_faces=5000"]).export) == "final_5000.ply"
@@ -584,7 +584,7 @@ def test_a_decimated_export_is_named_after_its_face_count():
 
 @pytest.mark.parametrize(("max_steps", "expected"), [(20, 1), (600, 6), (1500, 15), (100_000, 25)])
 def test_a_short_run_logs_often_enough(tmp_path, max_steps, expected):
-    from launch import build_trainer, compose_config
+    from systems.assembly import build_trainer, compose_config
 
     trainer = build_trainer(compose_config([f"trainer.max_steps={max_steps}"]), tmp_path, [])
     assert trainer.log_every_n_steps == expected

@@ -54,11 +54,11 @@ class HashGridEncoder(ProgressiveLevels):
 
     def __init__(
         self,
-        n_levels: int = 16,
-        n_features: int = 2,
-        log2_table_size: int = 19,
-        base_resolution: int = 16,
-        finest_resolution: int = 2048,
+        n_levels: int,
+        n_features: int,
+        log2_table_size: int,
+        base_resolution: int,
+        finest_resolution: int,
         bound: float = 1.0,
         init_scale: float = 1e-4,
         start_level: int | None = None,

@@ -9,7 +9,7 @@ from models.encoders.spherical_harmonics import spherical_harmonics
 from models.fields import ColorField, SDFField, weights_computed_once
 
 
-@pytest.mark.parametrize("make_encoder", [lambda: HashGridEncoder(log2_table_size=12), lambda: FrequencyEncoder(6)], ids=["hashgrid", "frequency"])
+@pytest.mark.parametrize("make_encoder", [lambda: HashGridEncoder(16, 2, log2_table_size=12, base_resolution=16, finest_resolution=2048), lambda: FrequencyEncoder(6)], ids=["hashgrid", "frequency"])
 @pytest.mark.parametrize("activation", ["softplus", "relu"])
 def test_geometric_init_is_a_sphere(make_encoder, activation):
     torch.manual_seed(0)
@@ -31,7 +31,7 @@ def test_skip_connection_keeps_geometric_init():
     assert field.sdf(x).abs().mean() < 0.1
 
 
-@pytest.mark.parametrize("make_encoder", [lambda: HashGridEncoder(log2_table_size=12, finest_resolution=64), lambda: FrequencyEncoder(4)], ids=["hashgrid", "frequency"])
+@pytest.mark.parametrize("make_encoder", [lambda: HashGridEncoder(16, 2, log2_table_size=12, base_resolution=16, finest_resolution=64), lambda: FrequencyEncoder(4)], ids=["hashgrid", "frequency"])
 def test_gradient_matches_autograd(make_encoder):
     torch.manual_seed(0)
     field = SDFField(make_encoder(), hidden_dim=32, n_layers=2).double()
@@ -65,11 +65,11 @@ def shell_points(n: int, dtype=torch.float64) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("grad_type", ["analytic", "finite_difference"])
-@pytest.mark.parametrize("make_encoder", [lambda: FrequencyEncoder(2), lambda: HashGridEncoder(log2_table_size=12, finest_resolution=64)],
+@pytest.mark.parametrize("make_encoder", [lambda: FrequencyEncoder(2), lambda: HashGridEncoder(16, 2, log2_table_size=12, base_resolution=16, finest_resolution=64)],
                          ids=["frequency", "hashgrid"])
 def test_derivatives_of_an_exact_sphere(grad_type, make_encoder):
     # |x| - r has gradient x / |x| and Laplacian 2 / |x|; the 6-point stencil errs by O(h^2 / |x|^3).
-    field = ExactSphere(make_encoder(), feature_dim=4, grad_type=grad_type).double()
+    field = ExactSphere(make_encoder(), hidden_dim=64, n_layers=2, feature_dim=4, grad_type=grad_type).double()
     x = shell_points(200)
     h = field.finite_difference_step()
     sdf, feature, grad, lap = field.forward_with_derivatives(x, create_graph=False, laplacian=True)
@@ -83,18 +83,18 @@ def test_derivatives_of_an_exact_sphere(grad_type, make_encoder):
 
 
 def test_finite_difference_step_follows_the_finest_active_level():
-    encoder = HashGridEncoder(n_levels=4, log2_table_size=12, base_resolution=16, finest_resolution=128, start_level=1)
-    field = SDFField(encoder, grad_type="finite_difference")
+    encoder = HashGridEncoder(n_levels=4, n_features=2, log2_table_size=12, base_resolution=16, finest_resolution=128, start_level=1)
+    field = SDFField(encoder, hidden_dim=64, n_layers=2, grad_type="finite_difference")
     assert field.finite_difference_step() == pytest.approx(1 / 16)  # half a cell of the 16^3 level over [-1, 1]
     encoder.set_active_levels(4)
     assert field.finite_difference_step() == pytest.approx(1 / 128)
-    assert SDFField(FrequencyEncoder(4), fd_step=2e-3).finite_difference_step() == 2e-3
+    assert SDFField(FrequencyEncoder(4), hidden_dim=64, n_layers=2, fd_step=2e-3).finite_difference_step() == 2e-3
     with pytest.raises(ValueError, match="grad_type"):
-        SDFField(FrequencyEncoder(4), grad_type="numerical")
+        SDFField(FrequencyEncoder(4), hidden_dim=64, n_layers=2, grad_type="numerical")
 
 
 @pytest.mark.parametrize("make_encoder, tol", [(lambda: FrequencyEncoder(4), 2e-5),
-                                               (lambda: HashGridEncoder(log2_table_size=12, finest_resolution=64), 0.005)],
+                                               (lambda: HashGridEncoder(16, 2, log2_table_size=12, base_resolution=16, finest_resolution=64), 0.005)],
                          ids=["frequency", "hashgrid"])
 def test_finite_difference_gradient_matches_analytic(make_encoder, tol):
     # Smooth encoder, h = 1e-3: O(h^2) agreement. Hash grid, h = half a finest cell: the trilinear

@@ -123,10 +123,10 @@ def test_scaled_schedules_stretch_an_explicit_step_count_as_a_budget_would(small
     (["trainer.max_steps=7", "trainer.scale_schedules=true"], 7, None),  # steps, schedules stretched to them
 ])
 def test_the_trainer_gets_a_budget_only_from_max_time_alone(tmp_path, overrides, max_steps, budget_s):
-    import launch
+    from systems.assembly import build_trainer
 
     cfg = compose_config(["callbacks.lr_monitor=null", *overrides])
-    trainer = launch.build_trainer(cfg, tmp_path, [])
+    trainer = build_trainer(cfg, tmp_path, [])
     budgets = [c for c in trainer.callbacks if isinstance(c, TimeBudget)]
     assert trainer.max_steps == max_steps
     assert [b.budget_s for b in budgets] == ([budget_s] if budget_s else [])

@@ -11,6 +11,7 @@ import trimesh
 from core.errors import InputError
 from datasets.scene import Scene
 from systems.callbacks import Evaluation
+from systems.config import Eval
 from systems.mesh_io import load_dtu_official, save_mesh
 
 
@@ -21,7 +22,7 @@ def test_an_empty_exported_mesh_scores_the_distance_cap(tmp_path: Path) -> None:
     scene = Scene(images=torch.zeros(1, 4, 4, 3), masks=None, intrinsics=torch.eye(3)[None], c2w=torch.eye(4)[None],
                   scale_mat=np.eye(4), train_ids=[0], test_ids=[], root=str(tmp_path), name="empty",
                   gt_path=str(tmp_path / "gt.ply"))
-    evaluation = Evaluation(tmp_path, tmp_path / "mesh.ply", chamfer_points=1000, max_dist=7.0)
+    evaluation = Evaluation(tmp_path, tmp_path / "mesh.ply", Eval(chamfer_points=1000, max_dist=7.0))
     assert evaluation.chamfer(SimpleNamespace(scene=scene)) == {"chamfer": 7.0, "accuracy": 7.0, "completeness": 7.0}
 
 
@@ -49,7 +50,7 @@ def test_dtu_official_protocol_writes_its_metrics(tmp_path: Path) -> None:
              [(0, 10, 1.0), (12, 20, 3.0), (0, 10, 25.0)]]
     mesh = trimesh.util.concatenate(parts)
     save_mesh(tmp_path / "mesh.ply", mesh.vertices, mesh.faces)
-    evaluation = Evaluation(tmp_path, tmp_path / "mesh.ply", protocol="dtu_official", dtu_dir=tmp_path, scan=24)
+    evaluation = Evaluation(tmp_path, tmp_path / "mesh.ply", Eval(protocol="dtu_official", dtu_dir=str(tmp_path)), scan=24)
     module = SimpleNamespace(test_metrics=[], eval_downscale=1, pose_metrics=dict, scene=None)
     evaluation.on_test_end(SimpleNamespace(is_global_zero=True, global_step=3, logger=None), module)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -61,16 +62,16 @@ def test_dtu_official_protocol_writes_its_metrics(tmp_path: Path) -> None:
 
 def test_dtu_official_protocol_refuses_missing_or_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"^eval\.protocol: unknown value 'dtu'"):
-        Evaluation(tmp_path, tmp_path / "mesh.ply", protocol="dtu")
+        Evaluation(tmp_path, tmp_path / "mesh.ply", Eval(protocol="dtu"))
     with pytest.raises(InputError, match=r"^eval\.dtu_dir: "):
-        Evaluation(tmp_path, tmp_path / "mesh.ply", protocol="dtu_official", scan=24)
+        Evaluation(tmp_path, tmp_path / "mesh.ply", Eval(protocol="dtu_official"), scan=24)
     with pytest.raises(InputError, match=r"stl024_total\.ply: DTU evaluation file not found"):
-        Evaluation(tmp_path, tmp_path / "mesh.ply", protocol="dtu_official", dtu_dir=tmp_path, scan=24)
+        Evaluation(tmp_path, tmp_path / "mesh.ply", Eval(protocol="dtu_official", dtu_dir=str(tmp_path)), scan=24)
     write_dtu_files(tmp_path)
     stl = tmp_path / "Points" / "stl" / "stl024_total.ply"
     stl.with_name("stl037_total.ply").write_bytes(stl.read_bytes())
     with pytest.raises(InputError, match=r"ObsMask37_10\.mat: DTU evaluation file not found"):
-        Evaluation(tmp_path, tmp_path / "mesh.ply", protocol="dtu_official", dtu_dir=tmp_path, scan=37)
+        Evaluation(tmp_path, tmp_path / "mesh.ply", Eval(protocol="dtu_official", dtu_dir=str(tmp_path)), scan=37)
     (tmp_path / "ObsMask" / "Plane24.mat").write_bytes(b"not a MATLAB file")
     with pytest.raises(InputError, match=r"Plane24\.mat: cannot read MATLAB file"):
         load_dtu_official(tmp_path, 24)

@@ -9,8 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from core.errors import InputError
-from launch import UNCHECKED, check_config, compose_config
-from systems.config import IDRConfig, NeuSConfig, NeuSLoss, Optim, as_section, check_targets
+from systems.assembly import UNCHECKED, check_config, compose_config
+from systems.config import IDRConfig, NeuSConfig, NeuSLoss, Optim, as_section
+from systems.validation import check_targets
 from systems.idr import IDRSystem
 from systems.neus import NeuSSystem
 
@@ -85,3 +86,19 @@ def test_a_sweep_is_checked_option_by_option():
     check_config(["system.optim.lr=0.1,0.2", "encoder=choice(hashgrid,frequency)"])
     with pytest.raises(InputError, match="system.optim.lr"):
         check_config(["system.optim.lr=0.1,abc"])
+
+
+@pytest.mark.parametrize("override, key, problem", [
+    ("system.background_field.sh_degree=5", "system.background_field.sh_degree", "must be at most 4"),
+    ("system.background_field.sh_degree=0", "system.background_field.sh_degree", "must be at least 1"),
+    ("eval.protocol=dtu", "eval.protocol", "unknown value 'dtu'"),
+    ("eval.protocol=dtu_official", "eval.dtu_dir", "needs eval.dtu_dir=DIR"),
+    ("video.path=spiral", "video.path", "unknown value 'spiral'"),
+    ("system=volsdf system.cos_anneal_steps=200", "system.cos_anneal_steps", "VolSDF has no cosine annealing"),
+])
+def test_section_values_are_checked_at_start(override, key, problem):
+    """Value checks live in the sections' __post_init__, so a bad value stops before a run directory exists,
+    named by its full key (a top-level section names its own, not twice)."""
+    with pytest.raises(InputError) as info:
+        check_config(override.split())
+    assert info.value.where == key and problem in info.value.problem

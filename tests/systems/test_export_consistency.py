@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from launch import load_run
+from systems.assembly import load_run
 from models.metrics import silhouette_iou
 from systems.base import BaseSystem
 from systems.mesh_io import load_reference

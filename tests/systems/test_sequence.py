@@ -111,13 +111,14 @@ def test_a_sequence_refuses_single_scene_modes_and_trainable_cameras(tmp_path) -
 def test_a_sequence_stopped_in_a_test_phase_names_the_run_to_resume(tmp_path, monkeypatch) -> None:
     """The resume line of a SIGTERM in a frame's test phase names the sequence's run directory, which resume= takes."""
     from systems.callbacks import TerminateTestOnSigterm
-    from systems.sequence import frame_dir
+    import systems.sequence
+    from systems.sequence import frame_dir, frame_trainer
 
-    def first_trainer(sequence, settings, run_dir, make_system, make_trainer, make_outputs):
-        trainer = make_trainer(frame_dir(run_dir, 0), 1, [], False)
+    def first_trainer(cfg, sequence, run_dir):
+        trainer = frame_trainer(cfg, run_dir, frame_dir(run_dir, 0), 1, [], False)
         return {"hint": next(c for c in trainer.callbacks if isinstance(c, TerminateTestOnSigterm)).run_dir}
 
-    monkeypatch.setattr(launch, "train_sequence", first_trainer)
+    monkeypatch.setattr(systems.sequence, "train_sequence", first_trainer)
     root = generate_sequence(str(tmp_path / "sequence"), n_frames=1, n_views=4, width=32, height=24)
     run_dir = tmp_path / "run"
     assert launch.run(compose_config(["dataset=sequence", f"dataset.root={root}", "encoder.compile=false"]), run_dir)["hint"] == run_dir

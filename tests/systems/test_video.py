@@ -10,8 +10,9 @@ import torch
 
 from core.errors import InputError
 from core.geometry import look_at
-from launch import build_system, compose_config
 from models.cameras import rotation_angle_deg
+from systems.assembly import build_system, compose_config
+from systems.config import Video
 from systems.video import camera_path, render_videos
 
 
@@ -46,7 +47,7 @@ def untrained(small_synthetic: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_videos_have_the_frame_count_and_size_asked(untrained, tmp_path, capsys):
-    written = render_videos(untrained, tmp_path, frames=2, fps=5, size=16, path="both")
+    written = render_videos(untrained, tmp_path, Video(frames=2, fps=5, size=16, path="both"))
     assert capsys.readouterr().err.count("video frames 16x12: 100%") >= 2  # a progress bar per path
     assert [p.name for p in written] == ["turntable_rgb.mp4", "turntable_normal.mp4", "cameras_rgb.mp4", "cameras_normal.mp4"]
     for path in written:
@@ -61,7 +62,7 @@ def test_videos_have_the_frame_count_and_size_asked(untrained, tmp_path, capsys)
                                              ("video.size", {"size": 1})])
 def test_bad_video_settings_are_refused(untrained, tmp_path, key, kwargs):
     with pytest.raises(InputError, match=key):
-        render_videos(untrained, tmp_path, **kwargs)
+        render_videos(untrained, tmp_path, Video(**kwargs))
     assert not list(tmp_path.iterdir())
 
 

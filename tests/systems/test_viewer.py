@@ -24,7 +24,8 @@ from websockets.sync.client import connect
 import launch
 from core.errors import InputError
 from datasets.synthetic import generate_sequence
-from launch import build_system, compose_config
+from systems import modes
+from systems.assembly import build_system, compose_config
 from systems.config import Viewer as ViewerSettings
 from systems.mesh_io import save_mesh
 from core.geometry import RayBundle
@@ -380,7 +381,7 @@ def test_view_mode_of_a_sequence_run_serves_its_frames(tmp_path, monkeypatch):
     root = generate_sequence(str(tmp_path / "sequence"), n_frames=1, n_views=4, width=32, height=24)
     run_dir = tmp_path / "run"
     served = {}
-    monkeypatch.setattr(launch, "serve_sequence", lambda scene, folder, host, port: served.update(scene=scene, folder=folder,
+    monkeypatch.setattr(modes, "serve_sequence", lambda scene, folder, host, port: served.update(scene=scene, folder=folder,
                                                                                                  address=(host, port)) or "URL")
     base = ["dataset=sequence", f"dataset.root={root}", "encoder.compile=false"]
     with pytest.raises(InputError, match="mode=view needs resume"):

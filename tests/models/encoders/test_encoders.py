@@ -234,8 +234,8 @@ def test_frequency_encoder_of_other_input_sizes():
 
 def test_compiled_hashgrid_matches_eager():
     torch.manual_seed(0)
-    eager = HashGridEncoder(n_levels=4, log2_table_size=10, base_resolution=4, finest_resolution=32, start_level=3)
-    compiled = HashGridEncoder(n_levels=4, log2_table_size=10, base_resolution=4, finest_resolution=32, start_level=3, compile=True)
+    eager = HashGridEncoder(n_levels=4, n_features=2, log2_table_size=10, base_resolution=4, finest_resolution=32, start_level=3)
+    compiled = HashGridEncoder(n_levels=4, n_features=2, log2_table_size=10, base_resolution=4, finest_resolution=32, start_level=3, compile=True)
     compiled.load_state_dict(eager.state_dict())
     with torch.no_grad():
         eager.table.normal_()
@@ -270,16 +270,17 @@ def fake_tcnn(monkeypatch):
 def test_auto_backend_is_torch_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_backend("auto") == "torch"
-    assert HashGridEncoder(log2_table_size=10, backend="auto").backend == "torch"
+    assert HashGridEncoder(16, 2, log2_table_size=10, base_resolution=16, finest_resolution=2048, backend="auto").backend == "torch"
     assert resolve_backend("torch") == "torch"
 
 
 def test_tcnn_backend_without_tinycudann_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tinycudann", None)  # makes `import tinycudann` fail
     assert resolve_backend("auto") == "torch"
-    for make in (HashGridEncoder, NFFBEncoder, StyleModNFFBEncoder):
+    for make, shape in ((HashGridEncoder, dict(n_levels=16, n_features=2, base_resolution=16, finest_resolution=2048)),
+                        (NFFBEncoder, {}), (StyleModNFFBEncoder, {})):
         with pytest.raises(ImportError, match="encoder.backend=tcnn needs") as err:
-            make(log2_table_size=10, backend="tcnn")
+            make(log2_table_size=10, backend="tcnn", **shape)
         assert "\n" not in str(err.value) and "tiny-cuda-nn" in str(err.value)
     with pytest.raises(ValueError, match="unknown encoder backend"):
         resolve_backend("cuda")
