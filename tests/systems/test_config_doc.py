@@ -1,6 +1,7 @@
 """python launch.py --cfg job prints the composed config with a one-line comment after each documented key."""
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 import yaml
@@ -23,7 +24,13 @@ def test_field_comments_are_read_with_their_continuation_lines_and_from_the_base
     assert dataclass_comments(Export)["points"].startswith("also write <stem>_points.ply")
     assert dataclass_comments(NeuSConfig)["background"].startswith("black | white | random")  # from SystemConfig
     assert docstring_sentence(Optim).startswith("Learning rates per parameter group, and their schedule")
-    assert docstring_sentence(Export) is None  # dataclass's made-up docstring is no documentation
+    assert docstring_sentence(Export) == "``export``: the mesh written after training (mode=train, test, export)."
+
+    @dataclasses.dataclass
+    class Undocumented:
+        size: int = 1
+
+    assert docstring_sentence(Undocumented) is None  # dataclass's made-up docstring is no documentation
 
 
 def test_yaml_comments_of_a_group_file() -> None:
