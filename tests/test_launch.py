@@ -342,6 +342,7 @@ def test_a_user_folder_survives_every_bad_input(launch, tiny, data_dir, tmp_path
     assert (folder / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_an_empty_folder_given_as_run_dir_is_kept_after_a_failed_start(launch, tiny, data_dir, tmp_path):
     """The input error comes after Hydra wrote its files: they go, the user's folder stays."""
     folder = tmp_path / "mine"
@@ -351,6 +352,7 @@ def test_an_empty_folder_given_as_run_dir_is_kept_after_a_failed_start(launch, t
     assert folder.is_dir() and not any(folder.iterdir())
 
 
+@pytest.mark.slow
 def test_resume_of_a_file_that_is_not_a_checkpoint_writes_nothing(launch, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a checkpoint")
@@ -460,7 +462,7 @@ def write_text_target(marker: Path) -> str:
 
 
 @pytest.mark.parametrize("override, key", [
-    ("+callbacks.x=WRITE", "callbacks.x._target_"),
+    pytest.param("+callbacks.x=WRITE", "callbacks.x._target_", marks=pytest.mark.slow),
     pytest.param("+callbacks.y={_target_:torch.load,f:'CKPT',weights_only:false}", "callbacks.y._target_", marks=pytest.mark.slow),
     pytest.param("dataset._target_=os.system", "dataset._target_", marks=pytest.mark.slow),
     pytest.param("hydra.callbacks.x=WRITE", "hydra.callbacks.x", marks=pytest.mark.slow),
@@ -522,6 +524,7 @@ def test_a_pickle_payload_checkpoint_never_runs(launch, finished_run, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_pickle_payload_in_a_finished_sequence_frame_never_runs(launch, tmp_path):
     """Frame 0 done, its last.ckpt crafted; frame 1 holds a checkpoint that loads, so resume takes the run."""
     marker = tmp_path / "payload_ran.txt"
@@ -542,6 +545,7 @@ def test_a_pickle_payload_in_a_finished_sequence_frame_never_runs(launch, tmp_pa
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_folder_with_only_another_apps_hydra_files_is_left_intact(launch, data_dir, tmp_path):
     """.hydra/ and launch.log without our marker: another Hydra app's run, or the user's; refused, nothing deleted."""
     folder = tmp_path / "theirs"
@@ -554,6 +558,7 @@ def test_a_folder_with_only_another_apps_hydra_files_is_left_intact(launch, data
     assert {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()} == files
 
 
+@pytest.mark.slow
 def test_a_run_folder_that_cannot_be_made_is_one_line(launch, tiny, tmp_path):
     """What a read-only or immutable parent gives (root ignores permissions, so a file stands in for the parent)."""
     parent = tmp_path / "not_a_folder"

@@ -69,6 +69,7 @@ def test_cfg_job_prints_the_config_with_comments(launch) -> None:
     assert yaml.safe_load(result.stdout) == OmegaConf.to_container(compose_config(["dataset=blender", "export.points=100"]))
 
 
+@pytest.mark.slow
 def test_cfg_job_with_a_bad_override_is_one_line(launch) -> None:
     result = launch("--cfg", "job", "export.points=-3")
     assert result.returncode == 2 and result.stdout == ""
