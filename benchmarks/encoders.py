@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.quality import device_name, publish
+from benchmarks.quality import commit_id, device_name, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def main() -> None:
         results[scene] = collect(args.out / scene) if (args.out / scene).is_dir() else {}
     if not any(results.values()):
         raise SystemExit("no job finished")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = commit_id()
     budget = ", ".join(f"{scene} {minutes:g} min" for scene, minutes in budgets.items())
     commands_md = "\n".join(f"- `python {' '.join(c for c in cmd if not c.startswith('hydra.sweep.dir='))}`" for cmd in commands.values())
     report = (f"\n### Encoders, {date.today()}, commit {commit}, {device_name()}\n\nTraining budget per encoder: {budget}.\n\n"

@@ -12,7 +12,6 @@ interpreter is a test tool, not a benchmark, so without a GPU this prints a mess
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.quality import device_name, publish
+from benchmarks.quality import commit_id, device_name, publish
 from models.encoders import HashGridEncoder
 from models.encoders.fused_hashgrid import fused_available, fused_hash_encode
 from models.encoders.hashgrid import level_growth
@@ -105,8 +104,7 @@ def main() -> None:
             rows.append(dict(name=name, log2_n=log2_n, ms=ms, speedup=baseline / ms, diff=diff))
         torch.cuda.empty_cache()
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = commit_id()
     command = "python -m benchmarks.fused_hashgrid " + " ".join(sys.argv[1:])
     settings = (f"{args.levels} levels, F={args.features}, table 2^{args.log2_table}, resolutions "
                 f"{args.base_resolution}..{args.finest_resolution}, forward + backward into the table"

@@ -47,7 +47,7 @@ if not torch.cuda.is_available():  # before triton's kernels are defined: the fu
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir(), "sdfrecon_torch_extensions"))
 
 from benchmarks import speed  # noqa: E402
-from benchmarks.quality import device_name, launch, publish  # noqa: E402
+from benchmarks.quality import commit_id, device_name, launch, publish  # noqa: E402
 from core.geometry import RayBundle  # noqa: E402
 from models.encoders import HashGridEncoder  # noqa: E402
 from models.encoders.fused_hashgrid import fused_available, fused_hash_encode  # noqa: E402
@@ -350,7 +350,7 @@ def main() -> None:
         except Exception as error:  # noqa: BLE001 (e.g. nerfacc's CUDA extension did not build): reported, the next stage runs
             parts.append(f"Stage {name}: failed: {type(error).__name__}: {last_line(str(error))}")
         print(f"{parts[-1]}\n({name}: {time.time() - stage_started:.0f} s)", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = commit_id()
     report = (f"\n### GPU check, {date.today()}, commit {commit}, {device_name()}\n\n`python -m benchmarks.gpu_check "
               f"{' '.join(sys.argv[1:])}`".rstrip() + f", {time.time() - started:.0f} s in all.\n\n" + "\n\n".join(parts) + "\n")
     publish(report, append=not (args.smoke or args.no_append))

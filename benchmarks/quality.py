@@ -55,6 +55,11 @@ JOBS = {
 }
 
 
+def commit_id() -> str:
+    """The short hash of the checked-out commit, which every benchmark report names."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
 def device_name() -> str:
     import torch
 
@@ -132,7 +137,7 @@ def main() -> None:
     with ThreadPoolExecutor(args.parallel) as pool:
         results = pool.map(lambda name: run(name, args.overrides, args.out, threads), jobs)
         rows = dict(zip(jobs, results))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = commit_id()
     device = device_name() + (f"; {args.parallel} jobs at a time, {threads} thread(s) each" if threads else "")
     report = f"\n### Quality, {date.today()}, commit {commit}, {device}\n\n{table(rows)}\n"
     publish(report, append=not args.no_append)

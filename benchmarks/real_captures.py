@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.quality import device_name, launch, publish
+from benchmarks.quality import commit_id, device_name, launch, publish
 from datasets.npz import load_npz_scene
 from models.cameras import align_poses
 from models.metrics import silhouette_iou
@@ -98,7 +98,7 @@ def main() -> None:
     lines += [f"| {name} | {m['step']} | {m.get('train_time_s', '-')} | {m['wall_s']} | {fmt(m, 'sfm_s', '.0f')} | 1/{m['eval_downscale']} | {fmt(m, 'psnr', '.2f')} | "
               f"{fmt(m, 'iou', '.4f')} | {fmt(m, 'iou_aligned', '.4f')} | {fmt(m, 'rotation_error_deg', '.3f')} | `{m['command']}` |"
               for name, m in rows.items()]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = commit_id()
     publish(f"\n### Real captures, {date.today()}, commit {commit}, {device_name()}\n\n" + "\n".join(lines) + "\n", append=not args.no_append)
 
 

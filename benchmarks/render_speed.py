@@ -10,7 +10,6 @@ difference between the two renders) and appends it to docs/BENCHMARKS.md unless 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from datetime import date
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 import systems.neus
-from benchmarks.quality import device_name, publish
+from benchmarks.quality import commit_id, device_name, publish
 from models.metrics import psnr
 from systems.assembly import load_run
 
@@ -66,7 +65,7 @@ def main() -> None:
         rows.append(f"| {system.scene.view_label(view)} | {w}×{h} | {full_s:.1f} | {marched_s:.1f} | {full_s / marched_s:.2f}× | "
                     f"{full_spr:.0f} | {marched_spr:.0f} | {psnr(full['rgb'], image):.2f} | {psnr(marched['rgb'], image):.2f} | "
                     f"{float((full['rgb'] - marched['rgb']).abs().max()):.1e} |")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = commit_id()
     report = (f"\n### Held-out render speed, {date.today()}, commit {commit}, {device_name()}\n\n"
               f"`python -m benchmarks.render_speed {args.run}` ({type(system).__name__}; early termination below "
               f"transmittance {stop:g})\n\n"

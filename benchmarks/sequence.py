@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import subprocess
 import time
 from datetime import date
 from pathlib import Path
 
-from benchmarks.quality import device_name, launch, publish
+from benchmarks.quality import commit_id, device_name, launch, publish
 from systems.assembly import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +75,7 @@ def main() -> None:
         return
     results = {name: launch(overrides, args.out / name) for name, overrides in runs.items()}
     frames = {name: frame_rows(args.out / name) for name in runs}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = commit_id()
     publish(f"\n### Dynamic scenes, {date.today()}, commit {commit}, {device_name()}\n\n{report(results, frames)}\n",
             append=not args.no_append)
 

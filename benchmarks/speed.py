@@ -34,7 +34,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.quality import device_name, publish, run as run_job
+from benchmarks.quality import commit_id, device_name, publish, run as run_job
 from systems.assembly import build_system, compose_config
 from systems.config import Viewer as ViewerSettings, as_section
 from systems.viewer import ViewerCallback
@@ -180,7 +180,7 @@ def main() -> None:
         overrides = [*CASES[name], *args.overrides]
         rows[name] = {**measure_in_child(overrides, args.steps, args.warmup), "overrides": overrides}
         print(f"{name}: {rows[name]['steps_per_s']:.2f} steps/s", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = commit_id()
     command = "python -m benchmarks.speed " + shlex.join(sys.argv[1:])
     report = (f"\n### Speed, {date.today()}, commit {commit}, {device_name()}\n\n`{command}`: {args.steps} timed "
               f"training steps per case after {args.warmup} warm-up steps.\n\n{table(rows)}\n{viewer_cost(rows)}")
