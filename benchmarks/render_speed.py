@@ -34,7 +34,7 @@ def render(system, view: int, stop_transmittance: float) -> tuple[dict[str, torc
         counted.append(int(out["n_samples"]))
         return out
 
-    system.model.render = counting
+    system.model.render, default = counting, systems.neus.EVAL_STOP_TRANSMITTANCE
     systems.neus.EVAL_STOP_TRANSMITTANCE = stop_transmittance
     try:
         started = time.perf_counter()
@@ -42,6 +42,7 @@ def render(system, view: int, stop_transmittance: float) -> tuple[dict[str, torc
         seconds = time.perf_counter() - started
     finally:
         del system.model.render
+        systems.neus.EVAL_STOP_TRANSMITTANCE = default
     return out, seconds, sum(counted) / out["opacity"].numel()
 
 
